@@ -1,0 +1,2 @@
+//! The agent API.
+#![forbid(unsafe_code)]

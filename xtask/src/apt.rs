@@ -1,0 +1,112 @@
+//! Installs the Debian packages a command needs, when they are missing.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use brig_rootfs_builder::progress;
+
+/// Packages every test and demo needs on the developer's machine.
+pub const BASE: &[&str] = &[
+    "qemu-system-x86",
+    "kmod",
+    "cpio",
+    "busybox-static",
+    "linux-source-6.1",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+    "libssl-dev",
+    "xz-utils",
+    "e2fsprogs",
+    "erofs-utils",
+    "protobuf-compiler",
+    "iproute2",
+];
+
+/// containerd and its peers, for the shim's end-to-end tests and the demo.
+pub const CONTAINERD: &[&str] = &["containerd", "runc"];
+
+static UPDATED: AtomicBool = AtomicBool::new(false);
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// A command run as root: directly when we are root, through `sudo` otherwise.
+pub fn as_root(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg("-E").arg(program);
+        cmd
+    }
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Makes sure the package lists exist (a fresh container has none).
+pub fn ensure_lists() -> Result<()> {
+    if UPDATED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let lists = std::fs::read_dir("/var/lib/apt/lists")
+        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains("_Packages")))
+        .unwrap_or(false);
+    if !lists {
+        update()?;
+    }
+    Ok(())
+}
+
+fn update() -> Result<()> {
+    let log = std::env::temp_dir().join("brig-apt-update.log");
+    let mut cmd = as_root("apt-get");
+    cmd.args(["update", "-q"]);
+    progress::run_logged("apt-get update", cmd, &log, 0)?;
+    UPDATED.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Installs whichever of `pkgs` are missing.
+pub fn ensure(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("[apt] installing {}", missing.join(" "));
+    ensure_lists()?;
+    let log = std::env::temp_dir().join("brig-apt-install.log");
+    let install = || {
+        let mut cmd = as_root("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing);
+        progress::run_logged("apt-get install", cmd, &log, 0)
+    };
+    if install().is_err() {
+        // Stale lists are the usual cause (a package version no longer on the mirror).
+        update()?;
+        install().context("installing Debian packages")?;
+    }
+    let still: Vec<&str> = missing.iter().copied().filter(|p| !installed(p)).collect();
+    if !still.is_empty() {
+        bail!("apt-get finished but these packages are still missing: {}", still.join(" "));
+    }
+    Ok(())
+}

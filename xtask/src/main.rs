@@ -1,0 +1,79 @@
+//! brig's developer commands. `cargo xtask help` lists them.
+
+mod apt;
+mod testhost;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+  kvm-host [--timeout SECS] [--memory MIB] [--cpus N] -- COMMAND...
+        run COMMAND as root where /dev/kvm can boot Linux: directly on a CPU
+        with vmx/svm, else inside the nested KVM test host
+  help  this text
+";
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprint!("{HELP}");
+        return Ok(ExitCode::FAILURE);
+    };
+    match cmd.as_str() {
+        "kvm-host" => kvm_host(rest),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown command `{other}`\n{HELP}"),
+    }
+}
+
+/// The workspace root (the parent of xtask's manifest directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn kvm_host(args: &[String]) -> Result<ExitCode> {
+    let mut opts = testhost::Options::new(workspace_root());
+    let mut iter = args.iter();
+    let mut argv = Vec::new();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| -> Result<u64> {
+            let v = iter.next().with_context(|| format!("{name} needs a value"))?;
+            v.parse().with_context(|| format!("{name} takes a number, not `{v}`"))
+        };
+        match arg.as_str() {
+            "--timeout" => opts.timeout = Duration::from_secs(value("--timeout")?),
+            "--memory" => opts.memory_mib = u32::try_from(value("--memory")?)?,
+            "--cpus" => opts.cpus = u32::try_from(value("--cpus")?)?,
+            "--" => {
+                argv.extend(iter.by_ref().cloned());
+                break;
+            }
+            _ => {
+                argv.push(arg.clone());
+                argv.extend(iter.by_ref().cloned());
+                break;
+            }
+        }
+    }
+    let code = testhost::run(&argv, &opts)?;
+    Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+}

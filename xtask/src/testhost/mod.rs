@@ -1,0 +1,439 @@
+//! `cargo xtask kvm-host`: run a command as root on a host whose `/dev/kvm` can boot Linux.
+//!
+//! Where the CPU shows `vmx` or `svm`, that is this machine, and the command runs
+//! directly. Otherwise it runs inside the nested KVM test host of
+//! `shared/TESTHOST.md`: QEMU in software emulation (TCG) presenting an AMD CPU
+//! with SVM, booting Debian's generic kernel with a small busybox initramfs
+//! (`init.sh`). Inside, the host's `/` is the read-only lower layer of a tmpfs
+//! overlay; the work tree and a per-run directory are shared read-write at their
+//! own paths, so the command sees the same files and its outputs come back.
+//!
+//! The kernel package and the initramfs are cached under the artifact cache,
+//! keyed by the package version, the busybox binary, the init script and the
+//! module list.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use brig_rootfs_builder::cache::{self, EntryLock, Key};
+use brig_rootfs_builder::initramfs::{self, Entry};
+use brig_rootfs_builder::progress;
+
+use crate::apt;
+
+const INIT: &str = include_str!("init.sh");
+const RECIPE: &str = "brig-testhost/1";
+/// Modules the test host loads, dependencies first (resolved by `modprobe --show-depends`).
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "virtio_console",
+    "overlay",
+    "kvm-amd",
+    "tun",
+    "veth",
+    "bridge",
+    "ext4",
+    "loop",
+];
+/// Console lines shown when the test host fails or hangs.
+const CONSOLE_TAIL: usize = 40;
+
+/// Where the command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// This machine's own KVM can boot Linux (`vmx`/`svm` present).
+    Direct,
+    /// Inside the nested test host.
+    Nested,
+}
+
+impl Mode {
+    /// `BRIG_KVM_HOST_MODE=direct|nested` overrides the choice made from `/proc/cpuinfo`.
+    pub fn detect() -> Result<Mode> {
+        match std::env::var("BRIG_KVM_HOST_MODE").as_deref() {
+            Ok("direct") => return Ok(Mode::Direct),
+            Ok("nested") => return Ok(Mode::Nested),
+            Ok(other) => bail!("BRIG_KVM_HOST_MODE must be `direct` or `nested`, not `{other}`"),
+            Err(_) => {}
+        }
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
+        let hw = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+        Ok(if hw { Mode::Direct } else { Mode::Nested })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Nested => "nested",
+        }
+    }
+}
+
+/// How to run the command.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub timeout: Duration,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// The directory shared read-write at its own path (the work tree).
+    pub worktree: PathBuf,
+}
+
+impl Options {
+    pub fn new(worktree: PathBuf) -> Options {
+        let env_u64 = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Options {
+            timeout: Duration::from_secs(env_u64("BRIG_KVM_HOST_TIMEOUT").unwrap_or(600)),
+            memory_mib: env_u64("BRIG_KVM_HOST_MEMORY").map_or(4096, |m| m as u32),
+            cpus: env_u64("BRIG_KVM_HOST_CPUS").map_or(cpus as u32, |c| c as u32),
+            worktree,
+        }
+    }
+}
+
+/// The cached kernel and initramfs of the test host.
+#[derive(Debug)]
+struct Artifacts {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    package: String,
+}
+
+/// Runs `argv` as root on a KVM-capable host and returns its exit code.
+pub fn run(argv: &[String], opts: &Options) -> Result<i32> {
+    if argv.is_empty() {
+        bail!("usage: cargo xtask kvm-host [--timeout SECS] -- COMMAND [ARGS...]");
+    }
+    match Mode::detect()? {
+        Mode::Direct => run_direct(argv, opts),
+        Mode::Nested => run_nested(argv, opts),
+    }
+}
+
+fn run_direct(argv: &[String], opts: &Options) -> Result<i32> {
+    eprintln!("kvm-host: this CPU has hardware virtualization; running the command directly");
+    if !Path::new("/dev/kvm").exists() {
+        bail!("this CPU has vmx/svm but /dev/kvm is missing: load kvm-intel or kvm-amd");
+    }
+    let mut cmd = apt::as_root(&argv[0]);
+    cmd.args(&argv[1..]).env("BRIG_KVM_HOST", "direct");
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", argv[0]))?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code().unwrap_or(128));
+        }
+        if start.elapsed() > opts.timeout {
+            child.kill()?;
+            child.wait()?;
+            eprintln!("kvm-host: the command did not finish within {}s; killed it", opts.timeout.as_secs());
+            return Ok(124);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_nested(argv: &[String], opts: &Options) -> Result<i32> {
+    let host = prepare()?;
+    let run_dir = new_run_dir()?;
+    let cwd = std::env::current_dir()?;
+    fs::write(run_dir.join("run.sh"), run_script(argv, &cwd))?;
+    for path in [&run_dir, &opts.worktree] {
+        let text = path.to_string_lossy();
+        if text.contains(char::is_whitespace) || text.contains(',') {
+            bail!("kvm-host cannot share {text}: the path must not contain spaces or commas");
+        }
+    }
+
+    let console = run_dir.join("console.log");
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", "max"])
+        .args(["-smp", &opts.cpus.to_string(), "-m", &opts.memory_mib.to_string()])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&host.kernel)
+        .arg("-initrd")
+        .arg(&host.initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet brig.run={} brig.worktree={}",
+            run_dir.display(),
+            opts.worktree.display()
+        ))
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args(share("hostroot", Path::new("/"), true))
+        .args(share("run", &run_dir, false))
+        .args(share("worktree", &opts.worktree, false))
+        .args(["-device", "virtio-serial-pci", "-chardev", "stdio,id=out,signal=off"])
+        .args(["-device", "virtconsole,chardev=out"])
+        .stdin(Stdio::null());
+
+    eprintln!(
+        "kvm-host: no vmx/svm on this CPU; starting the nested test host ({}, {} vCPUs, {} MiB)",
+        host.package, opts.cpus, opts.memory_mib
+    );
+    let start = Instant::now();
+    let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+    let mut booted = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if !booted {
+            if let Ok(uptime) = fs::read_to_string(run_dir.join("ready")) {
+                booted = true;
+                eprintln!(
+                    "kvm-host: test host booted in {:.1}s (guest uptime {}s)",
+                    start.elapsed().as_secs_f64(),
+                    uptime.trim()
+                );
+            }
+        }
+        if start.elapsed() > opts.timeout {
+            child.kill()?;
+            child.wait()?;
+            eprintln!(
+                "kvm-host: the command did not finish within {}s; stopped the test host. \
+                 Console tail ({}):\n{}",
+                opts.timeout.as_secs(),
+                console.display(),
+                progress::tail(&console, CONSOLE_TAIL)
+            );
+            return Ok(124);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    match fs::read_to_string(run_dir.join("status")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        Some(code) => {
+            eprintln!("kvm-host: command exited with {code} after {:.1}s", start.elapsed().as_secs_f64());
+            if code == 0 {
+                fs::remove_dir_all(&run_dir)?;
+            } else {
+                eprintln!("kvm-host: kept {} for inspection", run_dir.display());
+            }
+            Ok(code)
+        }
+        None => bail!(
+            "the test host stopped ({status}) before the command finished. Console tail ({}):\n{}",
+            console.display(),
+            progress::tail(&console, CONSOLE_TAIL)
+        ),
+    }
+}
+
+/// `-fsdev`/`-device` arguments for one 9p share.
+fn share(tag: &str, path: &Path, readonly: bool) -> Vec<String> {
+    let ro = if readonly { ",readonly=on" } else { "" };
+    vec![
+        "-fsdev".into(),
+        format!("local,id={tag},path={}{ro},security_model=none,multidevs=remap", path.display()),
+        "-device".into(),
+        format!("virtio-9p-pci,fsdev={tag},mount_tag={tag}"),
+    ]
+}
+
+fn new_run_dir() -> Result<PathBuf> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let dir = cache::root()?.join("kvm-host").join("runs").join(format!("{stamp}-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A bash script that recreates the caller's environment and working directory, then execs argv.
+fn run_script(argv: &[String], cwd: &Path) -> String {
+    let mut script = String::from("# written by cargo xtask kvm-host\n");
+    for (key, value) in std::env::vars_os() {
+        let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else { continue };
+        let skip = ["_", "PWD", "OLDPWD", "SHLVL", "BRIG_KVM_HOST"].contains(&key);
+        if skip || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let _ = writeln!(script, "export {key}={}", quote(value));
+    }
+    let _ = writeln!(script, "export BRIG_KVM_HOST=nested");
+    let _ = writeln!(script, "cd {} || exit 125", quote(&cwd.to_string_lossy()));
+    let args: Vec<String> = argv.iter().map(|a| quote(a)).collect();
+    let _ = writeln!(script, "exec {}", args.join(" "));
+    script
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Builds (or finds in the cache) the test host's kernel and initramfs.
+fn prepare() -> Result<Artifacts> {
+    apt::ensure(&["qemu-system-x86", "kmod", "cpio", "busybox-static"])?;
+    apt::ensure_lists()?;
+    let package = kernel_package()?;
+    let version = package_version(&package)?;
+    let busybox = fs::read("/bin/busybox").context("reading /bin/busybox (package busybox-static)")?;
+    let mut key = Key::new("testhost");
+    key.add("package", package.as_bytes())
+        .add("version", version.as_bytes())
+        .add("busybox", &busybox)
+        .add("init", INIT.as_bytes())
+        .add("modules", MODULES.join(" ").as_bytes())
+        .add("recipe", RECIPE.as_bytes());
+    let entry = cache::root()?.join("testhost").join(key.hex());
+    let artifacts = Artifacts {
+        kernel: entry.join("vmlinuz"),
+        initrd: entry.join("initrd.cpio"),
+        package: format!("{package} {version}"),
+    };
+    if artifacts.initrd.is_file() {
+        return Ok(artifacts);
+    }
+    let _lock = EntryLock::acquire(&entry)?;
+    if artifacts.initrd.is_file() {
+        return Ok(artifacts);
+    }
+    eprintln!("kvm-host: building the test host from {package} {version} into {}", entry.display());
+    let staging = entry.with_extension("tmp");
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::create_dir_all(&staging)?;
+    build(&staging, &package, busybox)?;
+    fs::remove_dir_all(staging.join("pkg"))?;
+    fs::rename(&staging, &entry)?;
+    Ok(artifacts)
+}
+
+/// The versioned image package behind `linux-image-amd64` (the generic flavour: the
+/// `cloud` one has no 9p).
+fn kernel_package() -> Result<String> {
+    let out = Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
+        .map(str::to_owned)
+        .context("apt-cache does not know linux-image-amd64; run `apt-get update`")
+}
+
+fn package_version(package: &str) -> Result<String> {
+    let out = Command::new("apt-cache").args(["show", "--no-all-versions", package]).output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .map(str::to_owned)
+        .with_context(|| format!("apt-cache has no version for {package}"))
+}
+
+fn build(staging: &Path, package: &str, busybox: Vec<u8>) -> Result<()> {
+    let pkg = staging.join("pkg");
+    fs::create_dir_all(&pkg)?;
+    let log = staging.join("build.log");
+    let mut download = Command::new("apt-get");
+    download.current_dir(&pkg).args(["download", "-q", package]);
+    progress::run_logged("download test host kernel", download, &log, 0)?;
+    let deb = fs::read_dir(&pkg)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let root = pkg.join("root");
+    let mut extract = Command::new("dpkg-deb");
+    extract.arg("-x").arg(&deb).arg(&root);
+    progress::run_logged("unpack test host kernel", extract, &log, 0)?;
+
+    let release = fs::read_dir(root.join("lib/modules"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .context("the kernel package has no lib/modules")?;
+    fs::copy(root.join(format!("boot/vmlinuz-{release}")), staging.join("vmlinuz"))?;
+    let mut depmod = Command::new("depmod");
+    depmod.arg("-b").arg(&root).arg(&release);
+    progress::run_logged("depmod", depmod, &log, 0)?;
+
+    let mut entries = vec![
+        Entry::Dir { path: "bin".into(), mode: 0o755 },
+        Entry::File { path: "bin/busybox".into(), mode: 0o755, data: busybox },
+        Entry::File { path: "init".into(), mode: 0o755, data: INIT.as_bytes().to_vec() },
+        Entry::Dir { path: "dev".into(), mode: 0o755 },
+        Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 },
+        Entry::Dir { path: "modules".into(), mode: 0o755 },
+    ];
+    for dir in ["proc", "sys", "lower", "upper", "newroot"] {
+        entries.push(Entry::Dir { path: dir.into(), mode: 0o755 });
+    }
+    let mut order = String::new();
+    for path in module_load_order(&root, &release)? {
+        let name = path.file_name().context("module path")?.to_string_lossy().into_owned();
+        if !name.ends_with(".ko") {
+            bail!("{} is compressed; the test host's busybox insmod needs plain .ko", path.display());
+        }
+        order.push_str(&name);
+        order.push('\n');
+        entries.push(Entry::File { path: format!("modules/{name}"), mode: 0o644, data: fs::read(&path)? });
+    }
+    entries.push(Entry::File { path: "modules/order".into(), mode: 0o644, data: order.into_bytes() });
+    cache::write_atomic(&staging.join("initrd.cpio"), &initramfs::write_newc(&entries)?)?;
+    Ok(())
+}
+
+/// Module files to `insmod`, in dependency order, without repeats.
+fn module_load_order(root: &Path, release: &str) -> Result<Vec<PathBuf>> {
+    let mut order: Vec<PathBuf> = Vec::new();
+    for module in MODULES {
+        let out = Command::new("modprobe")
+            .arg("-d")
+            .arg(root)
+            .args(["-S", release, "--show-depends", module])
+            .output()
+            .context("running modprobe (package kmod)")?;
+        if !out.status.success() {
+            bail!("modprobe cannot resolve {module}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(path) = line.strip_prefix("insmod ") {
+                let path = PathBuf::from(path.split_whitespace().next().unwrap_or_default());
+                if !order.contains(&path) {
+                    order.push(path);
+                }
+            }
+        }
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_survives_single_quotes() {
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn run_script_execs_the_argv_in_the_callers_directory() {
+        let script = run_script(&["grep".into(), "-c".into(), "a b".into()], Path::new("/work/x"));
+        assert!(script.contains("\ncd '/work/x' || exit 125\n"), "{script}");
+        assert!(script.ends_with("exec 'grep' '-c' 'a b'\n"), "{script}");
+        assert!(script.contains("export BRIG_KVM_HOST=nested\n"), "{script}");
+    }
+
+    #[test]
+    fn share_is_read_only_only_when_asked() {
+        let ro = share("hostroot", Path::new("/"), true).join(" ");
+        assert!(ro.contains("path=/,readonly=on,"), "{ro}");
+        let rw = share("run", Path::new("/r"), false).join(" ");
+        assert!(!rw.contains("readonly"), "{rw}");
+    }
+}
