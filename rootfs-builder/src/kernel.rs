@@ -45,9 +45,7 @@ pub struct GuestKernel {
 pub fn build() -> Result<GuestKernel> {
     let version = source_version()?;
     let mut key = Key::new("guest-kernel");
-    key.add("source-version", version.as_bytes())
-        .add("fragment", FRAGMENT.as_bytes())
-        .add("recipe", RECIPE.as_bytes());
+    key.add("source-version", version.as_bytes()).add("fragment", FRAGMENT.as_bytes()).add("recipe", RECIPE.as_bytes());
     let entry = cache::root()?.join("kernel").join(key.hex());
     if let Some(kernel) = load(&entry)? {
         return Ok(kernel);
@@ -169,11 +167,8 @@ fn kconfig_fragment(fragment: &str) -> String {
 
 /// Fails with every symbol of `fragment` that `.config` did not keep.
 fn check_config(fragment: &str, config: &str) -> Result<()> {
-    let have: BTreeMap<&str, &str> = config
-        .lines()
-        .filter(|l| l.starts_with("CONFIG_"))
-        .filter_map(|l| l.split_once('='))
-        .collect();
+    let have: BTreeMap<&str, &str> =
+        config.lines().filter(|l| l.starts_with("CONFIG_")).filter_map(|l| l.split_once('=')).collect();
     let missing: Vec<String> = wanted(fragment)
         .into_iter()
         .filter(|(k, v)| have.get(k).copied() != *v)

@@ -48,11 +48,7 @@ pub fn run_logged(label: &str, mut cmd: Command, log: &Path, expected_lines: usi
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!(
-            "{label} failed ({status}); last lines of {}:\n{}",
-            log.display(),
-            tail(log, TAIL_LINES)
-        );
+        bail!("{label} failed ({status}); last lines of {}:\n{}", log.display(), tail(log, TAIL_LINES));
     }
     eprintln!("[{label}] done in {}", elapsed(start));
     Ok(())
@@ -106,14 +102,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("brig-progress-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let log = dir.join("ok.log");
-        run_logged("ok", sh("echo one; echo two >&2"), &log, 2)
-            .expect("a succeeding command");
+        run_logged("ok", sh("echo one; echo two >&2"), &log, 2).expect("a succeeding command");
         let text = std::fs::read_to_string(&log).expect("log");
         assert!(text.contains("one") && text.contains("two"), "{text}");
 
         let log = dir.join("fail.log");
-        let err = run_logged("fail", sh("echo boom; exit 3"), &log, 0)
-            .expect_err("a failing command");
+        let err = run_logged("fail", sh("echo boom; exit 3"), &log, 0).expect_err("a failing command");
         let msg = format!("{err:#}");
         assert!(msg.contains("boom") && msg.contains("exit status: 3"), "{msg}");
         std::fs::remove_dir_all(&dir).expect("cleanup");

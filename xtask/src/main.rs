@@ -1,6 +1,10 @@
 //! brig's developer commands. `cargo xtask help` lists them.
 
 mod apt;
+mod artifacts;
+mod cargo;
+mod libtest;
+mod test;
 mod testhost;
 
 use std::path::PathBuf;
@@ -15,6 +19,9 @@ cargo xtask <command>
   kvm-host [--timeout SECS] [--memory MIB] [--cpus N] -- COMMAND...
         run COMMAND as root where /dev/kvm can boot Linux: directly on a CPU
         with vmx/svm, else inside the nested KVM test host
+  test [--no-lint] [--no-unit] [--test FILE]... [--filter NAME]
+        every test: fmt, clippy, unit tests, then the integration tests
+        inside kvm-host (what CI runs)
   help  this text
 ";
 
@@ -36,6 +43,16 @@ fn real_main() -> Result<ExitCode> {
     };
     match cmd.as_str() {
         "kvm-host" => kvm_host(rest),
+        "test" => {
+            test::run(&test_options(rest)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "in-host-tests" => {
+            // Internal: `cargo xtask test` runs this inside kvm-host.
+            let (threads, filter, binaries) = in_host_args(rest)?;
+            libtest::run_binaries(&binaries, threads, filter.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)
@@ -76,4 +93,34 @@ fn kvm_host(args: &[String]) -> Result<ExitCode> {
     }
     let code = testhost::run(&argv, &opts)?;
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+}
+
+fn test_options(args: &[String]) -> Result<test::Options> {
+    let mut opts = test::Options::default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--no-lint" => opts.no_lint = true,
+            "--no-unit" => opts.no_unit = true,
+            "--test" => opts.files.push(iter.next().context("--test needs a file name")?.clone()),
+            "--filter" => opts.filter = Some(iter.next().context("--filter needs a name")?.clone()),
+            other => bail!("unknown option `{other}` for test\n{HELP}"),
+        }
+    }
+    Ok(opts)
+}
+
+fn in_host_args(args: &[String]) -> Result<(u32, Option<String>, Vec<String>)> {
+    let mut threads = 1;
+    let mut filter = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--threads" => threads = iter.next().context("--threads needs a number")?.parse()?,
+            "--filter" => filter = Some(iter.next().context("--filter needs a name")?.clone()),
+            "--" => return Ok((threads, filter, iter.cloned().collect())),
+            other => bail!("unknown option `{other}` for in-host-tests"),
+        }
+    }
+    Ok((threads, filter, Vec::new()))
 }

@@ -49,7 +49,7 @@ fi
 hostname brig-testhost
 ip link set lo up
 stty -F /dev/hvc0 raw -echo
-cut -d' ' -f1 /proc/uptime > "$R$RUN/ready"
+cut -d" " -f1 /proc/uptime > "$R$RUN/ready.tmp" && mv "$R$RUN/ready.tmp" "$R$RUN/ready"
 log "ready at uptime $(cat "$R$RUN/ready")s"
 
 chroot $R /bin/bash "$RUN/run.sh" < /dev/null > /dev/hvc0 2>&1

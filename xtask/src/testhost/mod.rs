@@ -86,6 +86,8 @@ pub struct Options {
     pub cpus: u32,
     /// The directory shared read-write at its own path (the work tree).
     pub worktree: PathBuf,
+    /// Variables set for the command on top of the caller's environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -97,6 +99,7 @@ impl Options {
             memory_mib: env_u64("BRIG_KVM_HOST_MEMORY").map_or(4096, |m| m as u32),
             cpus: env_u64("BRIG_KVM_HOST_CPUS").map_or(cpus as u32, |c| c as u32),
             worktree,
+            env: Vec::new(),
         }
     }
 }
@@ -126,7 +129,7 @@ fn run_direct(argv: &[String], opts: &Options) -> Result<i32> {
         bail!("this CPU has vmx/svm but /dev/kvm is missing: load kvm-intel or kvm-amd");
     }
     let mut cmd = apt::as_root(&argv[0]);
-    cmd.args(&argv[1..]).env("BRIG_KVM_HOST", "direct");
+    cmd.args(&argv[1..]).envs(opts.env.iter().cloned()).env("BRIG_KVM_HOST", "direct");
     let mut child = cmd.spawn().with_context(|| format!("starting {}", argv[0]))?;
     let start = Instant::now();
     loop {
@@ -147,7 +150,7 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<i32> {
     let host = prepare()?;
     let run_dir = new_run_dir()?;
     let cwd = std::env::current_dir()?;
-    fs::write(run_dir.join("run.sh"), run_script(argv, &cwd))?;
+    fs::write(run_dir.join("run.sh"), run_script(argv, &cwd, &opts.env))?;
     for path in [&run_dir, &opts.worktree] {
         let text = path.to_string_lossy();
         if text.contains(char::is_whitespace) || text.contains(',') {
@@ -252,10 +255,11 @@ fn new_run_dir() -> Result<PathBuf> {
 }
 
 /// A bash script that recreates the caller's environment and working directory, then execs argv.
-fn run_script(argv: &[String], cwd: &Path) -> String {
+fn run_script(argv: &[String], cwd: &Path, extra: &[(String, String)]) -> String {
     let mut script = String::from("# written by cargo xtask kvm-host\n");
-    for (key, value) in std::env::vars_os() {
-        let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else { continue };
+    let inherited = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    for (key, value) in inherited.chain(extra.iter().cloned()) {
+        let (key, value) = (key.as_str(), value.as_str());
         let skip = ["_", "PWD", "OLDPWD", "SHLVL", "BRIG_KVM_HOST"].contains(&key);
         if skip || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
@@ -423,7 +427,12 @@ mod tests {
 
     #[test]
     fn run_script_execs_the_argv_in_the_callers_directory() {
-        let script = run_script(&["grep".into(), "-c".into(), "a b".into()], Path::new("/work/x"));
+        let script = run_script(
+            &["grep".into(), "-c".into(), "a b".into()],
+            Path::new("/work/x"),
+            &[("BRIG_X".into(), "it's".into())],
+        );
+        assert!(script.contains("\nexport BRIG_X='it'\\''s'\n"), "{script}");
         assert!(script.contains("\ncd '/work/x' || exit 125\n"), "{script}");
         assert!(script.ends_with("exec 'grep' '-c' 'a b'\n"), "{script}");
         assert!(script.contains("export BRIG_KVM_HOST=nested\n"), "{script}");

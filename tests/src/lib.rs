@@ -1,0 +1,26 @@
+//! brig's integration-test harness.
+//!
+//! Every test in `tests/tests/` that needs `/dev/kvm`, root or a real guest is
+//! marked `#[ignore = "needs kvm-host…"]` so that a plain `cargo test` on a
+//! machine without a Linux-capable KVM reports it as ignored instead of failing.
+//! `cargo xtask test` runs these binaries with `--include-ignored` inside
+//! `cargo xtask kvm-host` and fails the run if any test is still ignored or
+//! skipped there. Harness helpers never skip: a missing prerequisite panics with
+//! what to do about it.
+
+pub mod ring0;
+
+/// `Some("nested")` or `Some("direct")` when running under `cargo xtask kvm-host`.
+pub fn kvm_host_mode() -> Option<String> {
+    std::env::var("BRIG_KVM_HOST").ok()
+}
+
+/// Panics unless the test runs where `/dev/kvm` can boot Linux.
+pub fn require_kvm_host() {
+    assert!(
+        kvm_host_mode().is_some(),
+        "this test needs a KVM that can boot Linux: run it with `cargo xtask test`, or \
+         `cargo xtask kvm-host -- <test binary> --include-ignored`"
+    );
+    assert!(std::path::Path::new("/dev/kvm").exists(), "BRIG_KVM_HOST is set but /dev/kvm is missing");
+}
