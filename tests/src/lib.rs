@@ -9,6 +9,8 @@
 //! what to do about it.
 
 pub mod ring0;
+pub mod scratch;
+pub mod vm;
 
 /// `Some("nested")` or `Some("direct")` when running under `cargo xtask kvm-host`.
 pub fn kvm_host_mode() -> Option<String> {
@@ -23,4 +25,14 @@ pub fn require_kvm_host() {
          `cargo xtask kvm-host -- <test binary> --include-ignored`"
     );
     assert!(std::path::Path::new("/dev/kvm").exists(), "BRIG_KVM_HOST is set but /dev/kvm is missing");
+}
+
+/// A path from an environment variable set by `cargo xtask test` (see xtask/src/artifacts.rs).
+pub fn artifact(var: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run this test through `cargo xtask test`, which builds and passes the artifacts")
+    });
+    let path = std::path::PathBuf::from(path);
+    assert!(path.exists(), "{var}={} does not exist", path.display());
+    path
 }

@@ -58,7 +58,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
 
     let start = Instant::now();
-    let env = artifacts::build()?;
+    let env = artifacts::build()?.env();
     phase("guest artifacts", start);
 
     let start = Instant::now();

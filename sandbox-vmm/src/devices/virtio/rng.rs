@@ -1,0 +1,94 @@
+//! virtio-rng: fills the guest's buffers from the host's `/dev/urandom`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::RawFd;
+
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+use super::{ActivateError, Activation, SingleQueue, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use crate::event_loop::EventOps;
+use crate::guest_warn;
+use crate::metrics::METRICS;
+
+const QUEUE_SIZE: u16 = 64;
+/// Bytes served per request at most.
+const MAX_REQUEST: usize = 64 << 10;
+
+#[derive(Debug)]
+pub struct Rng {
+    source: File,
+    active: Option<SingleQueue>,
+}
+
+impl Rng {
+    /// Opens the entropy source now (before any jail hides `/dev`).
+    pub fn new() -> std::io::Result<Rng> {
+        Ok(Rng { source: File::open("/dev/urandom")?, active: None })
+    }
+}
+
+/// Fills one request; returns the bytes written.
+fn fill(source: &mut File, buf: &mut [u8], mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    match chain.writer(mem) {
+        Ok(mut writer) => {
+            let n = writer.available_bytes().min(buf.len());
+            if source.read_exact(&mut buf[..n]).is_ok() && writer.write_all(&buf[..n]).is_ok() {
+                METRICS.rng_bytes.add(n as u64);
+                n as u32
+            } else {
+                0
+            }
+        }
+        Err(e) => {
+            METRICS.virtio_bad_requests.inc();
+            guest_warn!("rng request with bad descriptors: {e}");
+            0
+        }
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, _features: u64) {}
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, activation: Activation, ops: &EventOps) -> Result<(), ActivateError> {
+        self.active = Some(SingleQueue::activate(activation, ops)?);
+        Ok(())
+    }
+
+    fn on_event(&mut self, fd: RawFd, _events: EventSet, _ops: &EventOps) {
+        let source = &mut self.source;
+        if let Some(queue) = self.active.as_mut().filter(|q| q.take_notification(fd)) {
+            let mut buf = vec![0u8; MAX_REQUEST];
+            queue.process(|mem, chain| fill(source, &mut buf, mem, chain));
+        }
+    }
+
+    fn reset(&mut self, ops: &EventOps) {
+        if let Some(queue) = self.active.take() {
+            queue.deactivate(ops);
+        }
+    }
+
+    fn queues(&self) -> &[Queue] {
+        SingleQueue::queues(&self.active)
+    }
+}

@@ -1,0 +1,27 @@
+//! brig-vmm: one KVM micro-VM per process, built on rust-vmm crates.
+//!
+//! Layout (see docs/design.md):
+//! - [`config`]: validated configuration, one file per resource;
+//! - [`kvm`], [`vm`], [`vcpu`]: the only modules that call KVM ioctls;
+//! - [`memory`]: memfd-backed guest RAM;
+//! - [`arch`]: the guest physical layout and boot structures (x86_64);
+//! - [`devices`]: buses, legacy devices, virtio-mmio devices;
+//! - [`event_loop`], [`vmm`]: the running VM; [`api`]: its control socket;
+//! - [`snapshot`]: versioned, checksummed state files;
+//! - [`builder`]: the one construction path.
+
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod event_loop;
+pub mod events;
+pub mod kvm;
+pub mod memory;
+pub mod metrics;
+pub mod signals;
+pub mod snapshot;
+pub mod vcpu;
+pub mod vm;
+pub mod vmm;

@@ -1,0 +1,317 @@
+//! vCPU threads and their run loop.
+//!
+//! Each vCPU runs on its own thread as a small state machine:
+//!
+//! ```text
+//!   Running ──(Pause request + kick)──► Paused ──(Resume)──► Running
+//!      │                                  │ (SaveState: answer, stay Paused)
+//!      └────────────(Exit request or a fatal exit)─────────► Exited
+//! ```
+//!
+//! Requests arrive on a channel; a *kick* (a real-time signal) makes a thread in
+//! `KVM_RUN` return with `EINTR` so it looks at the channel. The signal handler only
+//! sets `immediate_exit` in this thread's `kvm_run`, which also covers a kick that
+//! lands just before the thread enters `KVM_RUN`.
+//!
+//! `unsafe` here: the signal handler's write to `kvm_run` through a thread-local
+//! pointer. Invariant: the pointer is set by the owning thread while its `VcpuFd`
+//! (and so the `kvm_run` mapping) is alive, and cleared before the fd is dropped;
+//! only that thread's handler ever reads it.
+
+mod state;
+
+use std::cell::Cell;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_run, kvm_xcrs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+pub use self::state::VcpuState;
+use crate::arch::x86_64::cpu;
+use crate::devices::bus::Bus;
+use crate::events::{EventSender, VmEvent};
+use crate::guest_warn;
+use crate::metrics::METRICS;
+
+/// The signal that kicks a vCPU out of `KVM_RUN`.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot configure vCPU {index}: {what} failed")]
+    Configure { index: u8, what: &'static str, source: kvm_ioctls::Error },
+    #[error("vCPU {index} accepted only {set} of {want} boot MSRs")]
+    Msrs { index: u8, set: usize, want: usize },
+    #[error("cannot build the MSR list")]
+    MsrList,
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    #[error("cannot start the thread for vCPU {0}")]
+    Spawn(u8, #[source] std::io::Error),
+}
+
+thread_local! {
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|ptr| {
+        let run = ptr.get();
+        if !run.is_null() {
+            // SAFETY: see the module invariant: `run` points at this thread's live kvm_run.
+            unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
+        }
+    });
+}
+
+/// Installs the kick handler (once per process, before any vCPU starts).
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Pause,
+    Resume,
+    SaveState,
+    Exit,
+}
+
+#[derive(Debug)]
+pub enum Response {
+    Paused(u8),
+    Resumed(u8),
+    State(u8, Box<Result<VcpuState, String>>),
+    Exited(u8),
+}
+
+/// A configured vCPU, before its thread starts.
+#[derive(Debug)]
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    pub fn new(index: u8, fd: VcpuFd) -> Vcpu {
+        Vcpu { index, fd }
+    }
+
+    /// Sets CPUID, MSRs, registers, FPU and LAPIC for a 64-bit Linux entry at `entry`.
+    pub fn configure(&self, kvm: &Kvm, count: u8, entry: u64) -> Result<(), VcpuError> {
+        let index = self.index;
+        let fail = |what: &'static str| move |source| VcpuError::Configure { index, what, source };
+        let mut cpuid: CpuId =
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(fail("KVM_GET_SUPPORTED_CPUID"))?;
+        cpu::adjust_cpuid(&mut cpuid, index, count);
+        self.fd.set_cpuid2(&cpuid).map_err(fail("KVM_SET_CPUID2"))?;
+        if let Some(xcr0) = cpu::supported_xcr0(&cpuid) {
+            let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = xcr0;
+            self.fd.set_xcrs(&xcrs).map_err(fail("KVM_SET_XCRS"))?;
+        }
+
+        let entries = cpu::boot_msrs();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::MsrList)?;
+        let set = self.fd.set_msrs(&msrs).map_err(fail("KVM_SET_MSRS"))?;
+        if set != entries.len() {
+            return Err(VcpuError::Msrs { index, set, want: entries.len() });
+        }
+        self.fd.set_regs(&cpu::boot_regs(entry)).map_err(fail("KVM_SET_REGS"))?;
+        let sregs = self.fd.get_sregs().map_err(fail("KVM_GET_SREGS"))?;
+        self.fd.set_sregs(&cpu::boot_sregs(sregs)).map_err(fail("KVM_SET_SREGS"))?;
+        self.fd.set_fpu(&cpu::boot_fpu()).map_err(fail("KVM_SET_FPU"))?;
+        let mut lapic = self.fd.get_lapic().map_err(fail("KVM_GET_LAPIC"))?;
+        cpu::set_local_interrupts(&mut lapic);
+        self.fd.set_lapic(&lapic).map_err(fail("KVM_SET_LAPIC"))?;
+        Ok(())
+    }
+
+    /// Starts the vCPU's thread.
+    pub fn start(
+        self,
+        io_bus: Arc<Bus>,
+        mmio_bus: Arc<Bus>,
+        events: EventSender,
+        responses: Sender<Response>,
+    ) -> Result<VcpuHandle, VcpuError> {
+        let index = self.index;
+        let (tx, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let mut run = RunLoop { vcpu: self, io_bus, mmio_bus, events, requests: rx, responses };
+                run.run();
+            })
+            .map_err(|e| VcpuError::Spawn(index, e))?;
+        Ok(VcpuHandle { index, requests: tx, thread: Some(thread) })
+    }
+}
+
+/// The VMM's side of a running vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    pub index: u8,
+    requests: Sender<Request>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// Sends `request` and kicks the thread so it sees it.
+    pub fn send(&self, request: Request) {
+        if self.requests.send(request).is_err() {
+            return; // the thread has exited
+        }
+        self.kick();
+    }
+
+    pub fn kick(&self) {
+        if let Some(thread) = &self.thread {
+            // A thread that already finished cannot be signalled; nothing to do then.
+            let _ = thread.kill(kick_signal());
+        }
+    }
+
+    pub fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct RunLoop {
+    vcpu: Vcpu,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    events: EventSender,
+    requests: Receiver<Request>,
+    responses: Sender<Response>,
+}
+
+impl RunLoop {
+    fn run(&mut self) {
+        KVM_RUN.with(|ptr| ptr.set(self.vcpu.fd.get_kvm_run() as *mut kvm_run));
+        loop {
+            let flow = match self.vcpu.fd.run() {
+                Ok(exit) => handle_exit(self.vcpu.index, exit, &self.io_bus, &self.mmio_bus, &self.events),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.vcpu.fd.set_kvm_immediate_exit(0);
+                    self.handle_requests()
+                }
+                Err(e) => {
+                    self.events
+                        .send(VmEvent::VcpuFailed { index: self.vcpu.index, reason: format!("KVM_RUN failed: {e}") });
+                    Flow::Stop
+                }
+            };
+            if let Flow::Stop = flow {
+                break;
+            }
+        }
+        KVM_RUN.with(|ptr| ptr.set(std::ptr::null_mut()));
+        let _ = self.responses.send(Response::Exited(self.vcpu.index));
+    }
+
+    /// Serves requests; blocks while paused.
+    fn handle_requests(&mut self) -> Flow {
+        let index = self.vcpu.index;
+        let mut paused = false;
+        loop {
+            let request = if paused {
+                match self.requests.recv() {
+                    Ok(r) => r,
+                    Err(_) => return Flow::Stop,
+                }
+            } else {
+                match self.requests.try_recv() {
+                    Ok(r) => r,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return Flow::Continue,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return Flow::Stop,
+                }
+            };
+            let response = match request {
+                Request::Pause => {
+                    paused = true;
+                    Response::Paused(index)
+                }
+                Request::Resume => {
+                    paused = false;
+                    Response::Resumed(index)
+                }
+                Request::SaveState => {
+                    Response::State(index, Box::new(VcpuState::save(index, &self.vcpu.fd).map_err(|e| e.to_string())))
+                }
+                Request::Exit => return Flow::Stop,
+            };
+            let _ = self.responses.send(response);
+        }
+    }
+}
+
+fn handle_exit(index: u8, exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus, events: &EventSender) -> Flow {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            METRICS.vcpu_exits_io.inc();
+            io_bus.read(u64::from(port), data);
+        }
+        VcpuExit::IoOut(port, data) => {
+            METRICS.vcpu_exits_io.inc();
+            io_bus.write(u64::from(port), data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            METRICS.vcpu_exits_mmio.inc();
+            mmio_bus.read(addr, data);
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            METRICS.vcpu_exits_mmio.inc();
+            mmio_bus.write(addr, data);
+        }
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => METRICS.vcpu_exits_other.inc(),
+        VcpuExit::SystemEvent(kind, _) => {
+            METRICS.vcpu_exits_other.inc();
+            match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => events.send(VmEvent::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => events.send(VmEvent::Reset),
+                other => guest_warn!("vCPU {index}: ignoring system event {other}"),
+            }
+        }
+        VcpuExit::Shutdown => {
+            events.send(VmEvent::VcpuFailed { index, reason: "triple fault (KVM_EXIT_SHUTDOWN)".into() });
+            return Flow::Stop;
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            events.send(VmEvent::VcpuFailed {
+                index,
+                reason: format!("VM entry failed (hardware reason {reason:#x}, cpu {cpu})"),
+            });
+            return Flow::Stop;
+        }
+        VcpuExit::InternalError => {
+            events.send(VmEvent::VcpuFailed { index, reason: "KVM internal error".into() });
+            return Flow::Stop;
+        }
+        other => {
+            METRICS.vcpu_exits_other.inc();
+            guest_warn!("vCPU {index}: unexpected exit {other:?}");
+        }
+    }
+    Flow::Continue
+}

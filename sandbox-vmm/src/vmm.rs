@@ -1,0 +1,453 @@
+//! The running VM: starts the vCPU threads, runs the main event loop (device
+//! events, the control socket, VM events, termination signals) and decides when
+//! and how the VM ends.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::api::{ApiServer, Code, Readiness, Request, Response};
+use crate::config::VmConfig;
+use crate::devices::bus::{lock, Bus};
+use crate::devices::console::Console;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::event_loop::DeviceEvents;
+use crate::events::{EventReceiver, EventSender, VmEvent};
+use crate::metrics::{self, METRICS};
+use crate::signals::SignalFd;
+use crate::snapshot::{self, MachineState};
+use crate::vcpu::{self, Request as VcpuRequest, Response as VcpuResponse, Vcpu, VcpuHandle};
+use crate::vm::Vm;
+
+const TOKEN_DEVICES: u64 = 1;
+const TOKEN_VM_EVENTS: u64 = 2;
+const TOKEN_SIGNALS: u64 = 3;
+const TOKEN_API_LISTENER: u64 = 4;
+/// API connections are `TOKEN_API_CONN | fd`.
+const TOKEN_API_CONN: u64 = 1 << 32;
+
+/// How long vCPUs get to acknowledge a pause, resume or exit.
+const VCPU_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the console shows a panic, how long the guest gets to reset by itself.
+const PANIC_GRACE: Duration = Duration::from_secs(2);
+/// Console lines included in error reports.
+pub const CONSOLE_TAIL_LINES: usize = 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("event loop failure")]
+    Epoll(#[source] std::io::Error),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+}
+
+/// Why the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    GuestReset,
+    GuestPowerOff,
+    /// `shutdown` on the control socket.
+    Shutdown,
+    Signal(i32),
+    GuestPanic,
+    VcpuFailed {
+        index: u8,
+        reason: String,
+    },
+}
+
+impl ExitReason {
+    /// brig-vmm's exit status (documented in docs/control-socket.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::GuestReset | ExitReason::GuestPowerOff | ExitReason::Shutdown => 0,
+            ExitReason::Signal(signal) => 128 + signal,
+            ExitReason::GuestPanic => 2,
+            ExitReason::VcpuFailed { .. } => 3,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub reason: ExitReason,
+    pub console_tail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+/// A built VM, ready to [`run`](Vmm::run).
+pub struct Vmm {
+    pub(crate) config: VmConfig,
+    pub(crate) vm: Vm,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) io_bus: Arc<Bus>,
+    pub(crate) mmio_bus: Arc<Bus>,
+    pub(crate) devices: DeviceEvents,
+    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) console: Console,
+    pub(crate) events_tx: EventSender,
+    pub(crate) events_rx: EventReceiver,
+    pub(crate) api: Option<ApiServer>,
+    pub(crate) signals: SignalFd,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The event loop's state once vCPUs run.
+struct Running {
+    vmm: Vmm,
+    epoll: Epoll,
+    handles: Vec<VcpuHandle>,
+    responses: Receiver<VcpuResponse>,
+    state: RunState,
+    started: Instant,
+    panic_deadline: Option<Instant>,
+    exit: Option<ExitReason>,
+}
+
+impl Vmm {
+    /// Starts the vCPUs and runs until the VM ends.
+    pub fn run(mut self) -> Result<Outcome, VmmError> {
+        let epoll = Epoll::new().map_err(VmmError::Epoll)?;
+        let add = |fd: RawFd, token: u64| {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token)).map_err(VmmError::Epoll)
+        };
+        add(self.devices.as_raw_fd(), TOKEN_DEVICES)?;
+        add(self.events_rx.wake.as_raw_fd(), TOKEN_VM_EVENTS)?;
+        add(self.signals.as_raw_fd(), TOKEN_SIGNALS)?;
+        if let Some(api) = &self.api {
+            add(api.listener_fd(), TOKEN_API_LISTENER)?;
+        }
+
+        let (responses_tx, responses): (Sender<VcpuResponse>, _) = std::sync::mpsc::channel();
+        let mut handles = Vec::new();
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            let handle =
+                vcpu.start(self.io_bus.clone(), self.mmio_bus.clone(), self.events_tx.clone(), responses_tx.clone());
+            match handle {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    stop_vcpus(&mut handles, &responses);
+                    return Err(e.into());
+                }
+            }
+        }
+        let mut running = Running {
+            vmm: self,
+            epoll,
+            handles,
+            responses,
+            state: RunState::Running,
+            started: Instant::now(),
+            panic_deadline: None,
+            exit: None,
+        };
+        let result = running.event_loop();
+        stop_vcpus(&mut running.handles, &running.responses);
+        result?;
+        let reason = running.exit.unwrap_or(ExitReason::Shutdown);
+        Ok(Outcome { reason, console_tail: running.vmm.console.tail(CONSOLE_TAIL_LINES) })
+    }
+}
+
+/// Asks every vCPU thread to exit and joins those that do.
+fn stop_vcpus(handles: &mut [VcpuHandle], responses: &Receiver<VcpuResponse>) {
+    for handle in handles.iter() {
+        handle.send(VcpuRequest::Exit);
+    }
+    let deadline = Instant::now() + VCPU_ACK_TIMEOUT;
+    while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+        for handle in handles.iter().filter(|h| !h.is_finished()) {
+            handle.kick();
+        }
+        let _ = responses.recv_timeout(Duration::from_millis(10));
+    }
+    for handle in handles.iter_mut() {
+        if handle.is_finished() {
+            handle.join();
+        } else {
+            log::error!("vCPU {} did not stop; leaving it to process exit", handle.index);
+        }
+    }
+}
+
+impl Running {
+    fn event_loop(&mut self) -> Result<(), VmmError> {
+        let mut events = [EpollEvent::default(); 32];
+        while self.exit.is_none() {
+            let timeout = match self.panic_deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()).as_millis() as i32,
+                None => -1,
+            };
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(VmmError::Epoll(e)),
+            };
+            for event in &events[..n] {
+                self.dispatch(event.data());
+            }
+            if self.panic_deadline.is_some_and(|d| Instant::now() >= d) && self.exit.is_none() {
+                self.exit = Some(ExitReason::GuestPanic);
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, token: u64) {
+        match token {
+            TOKEN_DEVICES => {
+                if let Err(e) = self.vmm.devices.dispatch() {
+                    log::error!("device event dispatch failed: {e}");
+                }
+            }
+            TOKEN_VM_EVENTS => self.on_vm_events(),
+            TOKEN_SIGNALS => {
+                if let Some(signal) = self.vmm.signals.read() {
+                    log::info!("signal {signal}: stopping the VM");
+                    self.exit.get_or_insert(ExitReason::Signal(signal));
+                }
+            }
+            TOKEN_API_LISTENER => {
+                if let Some(fd) = self.vmm.api.as_ref().map(ApiServer::listener_fd) {
+                    self.on_api(fd);
+                }
+            }
+            token if token & TOKEN_API_CONN != 0 => self.on_api(token as u32 as RawFd),
+            _ => {}
+        }
+    }
+
+    fn on_vm_events(&mut self) {
+        let _ = self.vmm.events_rx.wake.read();
+        while let Ok(event) = self.vmm.events_rx.rx.try_recv() {
+            log::debug!("VM event {event:?}");
+            let panicked = self.panic_deadline.is_some();
+            let reason = match event {
+                VmEvent::Panic => {
+                    self.panic_deadline.get_or_insert(Instant::now() + PANIC_GRACE);
+                    continue;
+                }
+                // A panicking kernel resets itself (panic=-1): that is still a panic.
+                VmEvent::Reset | VmEvent::PowerOff if panicked => ExitReason::GuestPanic,
+                VmEvent::Reset => ExitReason::GuestReset,
+                VmEvent::PowerOff => ExitReason::GuestPowerOff,
+                VmEvent::VcpuFailed { index, reason } => ExitReason::VcpuFailed { index, reason },
+            };
+            self.exit.get_or_insert(reason);
+        }
+    }
+
+    fn on_api(&mut self, fd: RawFd) {
+        let Some(api) = self.vmm.api.as_mut() else { return };
+        match api.on_readable(fd) {
+            Readiness::Accepted(fds) => {
+                for fd in fds {
+                    let event = EpollEvent::new(EventSet::IN, TOKEN_API_CONN | u64::from(fd as u32));
+                    let _ = self.epoll.ctl(ControlOperation::Add, fd, event);
+                }
+            }
+            Readiness::Closed(fd) => {
+                let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+            Readiness::Requests(fd, requests) => {
+                for request in requests {
+                    let response = match request {
+                        Ok(request) => self.handle(request),
+                        Err(response) => response,
+                    };
+                    if let Some(api) = self.vmm.api.as_mut() {
+                        if !api.reply(fd, &response) {
+                            let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        log::info!("control request {request:?}");
+        match request {
+            Request::Pause {} => self.pause(),
+            Request::Resume {} => self.resume(),
+            Request::Shutdown {} => {
+                self.exit.get_or_insert(ExitReason::Shutdown);
+                Response::Ok(json!({"state": "stopping"}))
+            }
+            Request::State {} => Response::Ok(self.state_json()),
+            Request::Metrics {} => Response::Ok(metrics_json(self.vmm.config.machine.memory_mib)),
+            Request::SaveState { path } => self.save_state(&path),
+        }
+    }
+
+    /// Sends `request` to every vCPU and waits until each answered with `expect`.
+    fn broadcast(&mut self, request: VcpuRequest) -> Result<Vec<VcpuResponse>, String> {
+        for handle in &self.handles {
+            handle.send(request);
+        }
+        let deadline = Instant::now() + VCPU_ACK_TIMEOUT;
+        let mut answers = Vec::new();
+        let mut pending: Vec<u8> = self.handles.iter().map(|h| h.index).collect();
+        while !pending.is_empty() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.responses.recv_timeout(wait) {
+                Ok(VcpuResponse::Exited(index)) => {
+                    return Err(format!("vCPU {index} has stopped"));
+                }
+                Ok(response) => {
+                    let index = match &response {
+                        VcpuResponse::Paused(i) | VcpuResponse::Resumed(i) | VcpuResponse::State(i, _) => *i,
+                        VcpuResponse::Exited(i) => *i,
+                    };
+                    pending.retain(|&p| p != index);
+                    answers.push(response);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!("vCPUs {pending:?} did not answer within {VCPU_ACK_TIMEOUT:?}"));
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err("vCPU threads are gone".into()),
+            }
+        }
+        Ok(answers)
+    }
+
+    fn set_devices_watched(&self, watched: bool) -> std::io::Result<()> {
+        let fd = self.vmm.devices.as_raw_fd();
+        if watched {
+            self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, TOKEN_DEVICES))
+        } else {
+            self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        }
+    }
+
+    fn pause(&mut self) -> Response {
+        if self.state == RunState::Paused {
+            return Response::Ok(json!({"state": "paused"}));
+        }
+        if let Err(e) = self.broadcast(VcpuRequest::Pause) {
+            return Response::Err(Code::Internal, format!("cannot pause: {e}"));
+        }
+        if let Err(e) = self.set_devices_watched(false) {
+            return Response::Err(Code::Internal, format!("cannot stop device processing: {e}"));
+        }
+        self.state = RunState::Paused;
+        Response::Ok(json!({"state": "paused"}))
+    }
+
+    fn resume(&mut self) -> Response {
+        if self.state == RunState::Running {
+            return Response::Ok(json!({"state": "running"}));
+        }
+        if let Err(e) = self.set_devices_watched(true) {
+            return Response::Err(Code::Internal, format!("cannot restart device processing: {e}"));
+        }
+        if let Err(e) = self.broadcast(VcpuRequest::Resume) {
+            return Response::Err(Code::Internal, format!("cannot resume: {e}"));
+        }
+        self.state = RunState::Running;
+        Response::Ok(json!({"state": "running"}))
+    }
+
+    fn state_json(&self) -> Value {
+        let devices: Vec<Value> = self
+            .vmm
+            .transports
+            .iter()
+            .map(|t| {
+                let snap = lock(t).snapshot();
+                json!({"type": snap.device_type, "activated": snap.activated, "status": snap.status})
+            })
+            .collect();
+        json!({
+            "state": self.state,
+            "vcpus": self.vmm.config.machine.vcpus,
+            "memory_mib": self.vmm.config.machine.memory_mib,
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "devices": devices,
+        })
+    }
+
+    fn save_state(&mut self, path: &std::path::Path) -> Response {
+        if self.state != RunState::Paused {
+            return Response::Err(Code::FailedPrecondition, "save-state needs a paused VM: send pause first".into());
+        }
+        let answers = match self.broadcast(VcpuRequest::SaveState) {
+            Ok(answers) => answers,
+            Err(e) => return Response::Err(Code::Internal, format!("cannot read vCPU state: {e}")),
+        };
+        let mut vcpus = Vec::new();
+        for answer in answers {
+            if let VcpuResponse::State(index, state) = answer {
+                match *state {
+                    Ok(state) => vcpus.push(state),
+                    Err(e) => return Response::Err(Code::Internal, format!("vCPU {index}: {e}")),
+                }
+            }
+        }
+        vcpus.sort_by_key(|v| v.index);
+        let vm = match self.vmm.vm.save_state() {
+            Ok(vm) => vm,
+            Err(e) => return Response::Err(Code::Internal, e.to_string()),
+        };
+        let state = MachineState {
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+            config: self.vmm.config.clone(),
+            vm,
+            vcpus,
+            devices: self.vmm.transports.iter().map(|t| lock(t).snapshot()).collect(),
+        };
+        match snapshot::write(path, &state) {
+            Ok(bytes) => Response::Ok(json!({"path": path, "bytes": bytes})),
+            Err(e) => Response::Err(Code::FailedPrecondition, error_chain(&e)),
+        }
+    }
+}
+
+fn metrics_json(memory_mib: u64) -> Value {
+    let mut value = serde_json::to_value(&METRICS).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        map.insert("rss_kib".into(), json!(metrics::rss_kib()));
+        map.insert("rss_anon_kib".into(), json!(field("RssAnon:")));
+        map.insert("rss_file_kib".into(), json!(field("RssFile:")));
+        // Guest RAM is a memfd, so the guest's touched pages show up as shared memory.
+        map.insert("rss_guest_kib".into(), json!(field("RssShmem:")));
+        map.insert("guest_memory_kib".into(), json!(memory_mib << 10));
+    }
+    value
+}
+
+/// An error and its sources, as one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

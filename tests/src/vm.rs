@@ -1,0 +1,231 @@
+//! A real micro-VM for tests: brig-vmm running brig's guest kernel and
+//! initramfs, reachable through its hybrid vsock socket and control socket.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use brig_protocol::agent_ttrpc::AgentClient;
+use brig_protocol::ttrpc;
+use serde_json::Value;
+
+use crate::scratch::Scratch;
+
+/// Guest CID used by test VMs.
+pub const GUEST_CID: u64 = 3;
+
+/// How to start a test VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub blocks: Vec<String>,
+    pub rng: bool,
+    pub vsock: bool,
+    pub api: bool,
+}
+
+impl VmSpec {
+    /// 1 vCPU, 128 MiB, brig's kernel and initramfs, vsock, rng and the control socket.
+    pub fn new() -> VmSpec {
+        VmSpec {
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: crate::artifact("BRIG_GUEST_KERNEL"),
+            initramfs: Some(crate::artifact("BRIG_GUEST_INITRAMFS")),
+            cmdline: None,
+            blocks: Vec::new(),
+            rng: true,
+            vsock: true,
+            api: true,
+        }
+    }
+
+    pub fn vcpus(mut self, vcpus: u8) -> Self {
+        self.vcpus = vcpus;
+        self
+    }
+
+    pub fn memory(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Adds `--block SPEC` (e.g. `path=/x.img,ro,serial=data`).
+    pub fn block(mut self, spec: impl Into<String>) -> Self {
+        self.blocks.push(spec.into());
+        self
+    }
+
+    pub fn cmdline(mut self, cmdline: impl Into<String>) -> Self {
+        self.cmdline = Some(cmdline.into());
+        self
+    }
+
+    pub fn start(self) -> TestVm {
+        TestVm::start(self)
+    }
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        VmSpec::new()
+    }
+}
+
+/// A running brig-vmm process and its sockets. Killed (if still running) on drop.
+#[derive(Debug)]
+pub struct TestVm {
+    child: Child,
+    pub dir: Scratch,
+    pub vsock: PathBuf,
+    pub api: PathBuf,
+    pub console: PathBuf,
+    pub started: Instant,
+    stderr: PathBuf,
+}
+
+impl TestVm {
+    pub fn start(spec: VmSpec) -> TestVm {
+        let dir = Scratch::new("vm");
+        let vsock = dir.join("vsock.sock");
+        let api = dir.join("api.sock");
+        let console = dir.join("console.log");
+        let stderr = dir.join("vmm.stderr");
+        let mut cmd = Command::new(crate::artifact("BRIG_VMM_BIN"));
+        cmd.arg("--kernel").arg(&spec.kernel);
+        if let Some(initramfs) = &spec.initramfs {
+            cmd.arg("--initramfs").arg(initramfs);
+        }
+        if let Some(cmdline) = &spec.cmdline {
+            cmd.args(["--cmdline", cmdline]);
+        }
+        cmd.args(["--vcpus", &spec.vcpus.to_string(), "--memory", &spec.memory_mib.to_string()]);
+        cmd.arg("--console").arg(&console);
+        if spec.vsock {
+            cmd.arg("--vsock").arg(format!("cid={GUEST_CID},path={}", vsock.display()));
+        }
+        if spec.api {
+            cmd.arg("--api-socket").arg(&api);
+        }
+        for block in &spec.blocks {
+            cmd.args(["--block", block]);
+        }
+        if spec.rng {
+            cmd.arg("--rng");
+        }
+        cmd.args(["--log-level", "info"]);
+        let err = std::fs::File::create(&stderr).expect("stderr file");
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err).spawn().expect("start brig-vmm");
+        TestVm { child, dir, vsock, api, console, started: Instant::now(), stderr }
+    }
+
+    /// Connects to guest vsock `port` through the hybrid socket, retrying until
+    /// the guest listens or `timeout` passes.
+    pub fn connect(&mut self, port: u32, timeout: Duration) -> Result<UnixStream> {
+        let deadline = Instant::now() + timeout;
+        let mut last = anyhow!("never tried");
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("brig-vmm exited ({status}) before the guest listened on port {port}:\n{}", self.diagnostics());
+            }
+            match hybrid_connect(&self.vsock, port) {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(last.context(format!("guest port {port} not reachable within {timeout:?}:\n{}", self.diagnostics())))
+    }
+
+    /// A ttrpc client for the agent, once it answers `Ping`.
+    pub fn agent(&mut self, timeout: Duration) -> Result<AgentClient> {
+        let stream = self.connect(brig_protocol::AGENT_VSOCK_PORT, timeout)?;
+        let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(|e| anyhow!("ttrpc client: {e}"))?;
+        Ok(AgentClient::new(client))
+    }
+
+    /// Sends one control-socket request and returns the JSON answer.
+    pub fn control(&self, request: &str) -> Result<Value> {
+        let mut stream = UnixStream::connect(&self.api).context("connect to the control socket")?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.write_all(request.as_bytes())?;
+        stream.write_all(b"\n")?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        serde_json::from_str(&line).with_context(|| format!("control answer {line:?}"))
+    }
+
+    /// Waits for brig-vmm to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("brig-vmm still running after {timeout:?}:\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Console and VMM log, for assertion messages.
+    pub fn diagnostics(&self) -> String {
+        format!("--- brig-vmm stderr ---\n{}\n--- guest console ---\n{}", self.stderr_text(), self.console_text())
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
+    }
+}
+
+/// Firecracker's hybrid vsock handshake: `CONNECT <port>\n`, answered by `OK <port>\n`.
+pub fn hybrid_connect(uds: &Path, port: u32) -> Result<UnixStream> {
+    let mut stream = UnixStream::connect(uds).with_context(|| format!("connect {}", uds.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while reply.last() != Some(&b'\n') {
+        if stream.read(&mut byte)? == 0 {
+            bail!("the VMM closed the connection (nothing listens on guest port {port} yet)");
+        }
+        reply.push(byte[0]);
+        if reply.len() > 32 {
+            bail!("handshake reply too long: {:?}", String::from_utf8_lossy(&reply));
+        }
+    }
+    if !reply.starts_with(b"OK ") {
+        bail!("unexpected handshake reply {:?}", String::from_utf8_lossy(&reply));
+    }
+    stream.set_read_timeout(None)?;
+    Ok(stream)
+}
