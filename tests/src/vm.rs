@@ -70,7 +70,7 @@ impl VmSpec {
     }
 
     pub fn start(self) -> TestVm {
-        TestVm::start(self)
+        TestVm::start_in(self, Scratch::new("vm"))
     }
 }
 
@@ -93,9 +93,16 @@ pub struct TestVm {
 }
 
 impl TestVm {
-    pub fn start(spec: VmSpec) -> TestVm {
-        let dir = Scratch::new("vm");
-        let vsock = dir.join("vsock.sock");
+    /// The hybrid vsock socket a VM started in `dir` will use (guest connections to
+    /// host port P reach `<this>_P`).
+    pub fn vsock_path(dir: &Scratch) -> PathBuf {
+        dir.join("vsock.sock")
+    }
+
+    /// Starts the VM with its sockets and logs in `dir`, which the caller may have
+    /// prepared (e.g. with host listeners for guest connections).
+    pub fn start_in(spec: VmSpec, dir: Scratch) -> TestVm {
+        let vsock = Self::vsock_path(&dir);
         let api = dir.join("api.sock");
         let console = dir.join("console.log");
         let stderr = dir.join("vmm.stderr");
@@ -228,4 +235,19 @@ pub fn hybrid_connect(uds: &Path, port: u32) -> Result<UnixStream> {
     }
     stream.set_read_timeout(None)?;
     Ok(stream)
+}
+
+/// A VM whose init is brig-guest-probe, running the given `probe.*` steps (see
+/// tests/guest-probe), then resetting.
+pub fn probe_spec(steps: &[String]) -> VmSpec {
+    let mut spec = VmSpec::new();
+    spec.initramfs = Some(crate::artifact("BRIG_PROBE_INITRAMFS"));
+    spec.cmdline = Some(format!("console=ttyS0 quiet {}", steps.join(" ")));
+    spec
+}
+
+/// The `probe: STEP …` lines of a console log.
+pub fn probe_lines(console: &str, step: &str) -> Vec<String> {
+    let prefix = format!("probe: {step} ");
+    console.lines().filter_map(|l| l.find(&prefix).map(|i| l[i..].trim_end().to_owned())).collect()
 }

@@ -7,6 +7,7 @@
 //! | `BRIG_GUEST_INITRAMFS`| the initramfs around the static brig-agent        |
 //! | `BRIG_AGENT_BIN`      | the static brig-agent                             |
 //! | `BRIG_VMM_BIN`        | brig-vmm (release build)                          |
+//! | `BRIG_PROBE_INITRAMFS`| test-only initramfs whose init is brig-guest-probe|
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,7 @@ pub struct Artifacts {
     pub initramfs: PathBuf,
     pub agent: PathBuf,
     pub vmm: PathBuf,
+    pub probe_initramfs: PathBuf,
 }
 
 impl Artifacts {
@@ -35,6 +37,7 @@ impl Artifacts {
             ("BRIG_GUEST_INITRAMFS".into(), s(&self.initramfs)),
             ("BRIG_AGENT_BIN".into(), s(&self.agent)),
             ("BRIG_VMM_BIN".into(), s(&self.vmm)),
+            ("BRIG_PROBE_INITRAMFS".into(), s(&self.probe_initramfs)),
         ]
     }
 }
@@ -43,37 +46,41 @@ impl Artifacts {
 pub fn build() -> Result<Artifacts> {
     let kernel = kernel::build()?;
     eprintln!("guest kernel {}: {}", kernel.release, kernel.vmlinux.display());
-    let agent = build_agent()?;
-    let target = crate::workspace_root().join("target");
-    let initramfs = target.join("brig").join("initramfs.cpio");
-    std::fs::create_dir_all(initramfs.parent().context("initramfs path")?)?;
+    let agent = build_static("guest-agent", "brig-agent")?;
+    let probe = build_static("brig-guest-probe", "brig-guest-probe")?;
+    let out = crate::workspace_root().join("target").join("brig");
+    std::fs::create_dir_all(&out)?;
+    let initramfs = out.join("initramfs.cpio");
     initramfs::build(&agent, &initramfs)?;
+    let probe_initramfs = out.join("probe-initramfs.cpio");
+    initramfs::build(&probe, &probe_initramfs)?;
     cargo::run("build brig-vmm", &["build", "--release", "--quiet", "-p", "sandbox-vmm", "--bin", "brig-vmm"])?;
     Ok(Artifacts {
         kernel: kernel.vmlinux,
         kernel_release: kernel.release,
         initramfs,
         agent,
-        vmm: target.join("release").join("brig-vmm"),
+        vmm: crate::workspace_root().join("target").join("release").join("brig-vmm"),
+        probe_initramfs,
     })
 }
 
-/// The static brig-agent (`+crt-static`: the guest has no libc).
-fn build_agent() -> Result<PathBuf> {
+/// A statically linked guest binary (`+crt-static`: the guest has no libc).
+fn build_static(package: &str, bin: &str) -> Result<PathBuf> {
     let status = cargo::cargo()
-        .args(["build", "--release", "--quiet", "-p", "guest-agent", "--bin", "brig-agent", "--target", TARGET])
+        .args(["build", "--release", "--quiet", "-p", package, "--bin", bin, "--target", TARGET])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .status()
-        .context("starting cargo to build brig-agent")?;
+        .with_context(|| format!("starting cargo to build {bin}"))?;
     if !status.success() {
-        bail!("building the static brig-agent failed");
+        bail!("building the static {bin} failed");
     }
-    let agent = crate::workspace_root().join("target").join(TARGET).join("release").join("brig-agent");
-    let bytes = std::fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
+    let path = crate::workspace_root().join("target").join(TARGET).join("release").join(bin);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     if is_dynamic(&bytes) {
-        bail!("{} is dynamically linked; the guest has no libc to load it", agent.display());
+        bail!("{} is dynamically linked; the guest has no libc to load it", path.display());
     }
-    Ok(agent)
+    Ok(path)
 }
 
 /// Whether an ELF file asks for a program interpreter (PT_INTERP), i.e. is dynamic.

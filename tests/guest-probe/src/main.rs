@@ -1,0 +1,161 @@
+//! `brig-guest-probe`: a test-only init for brig's device tests.
+//!
+//! It runs as PID 1 in a test initramfs (never in brig's own), performs the steps
+//! named by `probe.*` parameters on the kernel command line, reports each result on
+//! the console as a `probe: …` line, and then resets the VM. Tests read the console
+//! file and the host side of each device. Steps run in command-line order:
+//!
+//! - `probe.vsock=PORT:TEXT` — connect to host CID 2 port PORT, send TEXT, report the reply;
+//! - `probe.echo=PORT:COUNT` — listen on vsock PORT and echo COUNT connections back to their peer;
+//! - `probe.write=DEV:OFFSET:TEXT` — write TEXT at OFFSET of DEV and fsync, report ok/error;
+//! - `probe.read=DEV:OFFSET:LEN` — report LEN bytes at OFFSET of DEV;
+//! - `probe.serial=NAME` — report /sys/block/NAME/serial;
+//! - `probe.hwrng=LEN` — read LEN bytes from /dev/hwrng, report how many differ from zero;
+//! - `probe.ticks=N` — print `probe: tick i` every 50 ms, N times;
+//! - `probe.exit=CODE` — exit (as PID 1 this panics the kernel).
+#![deny(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::socket::{accept, bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr};
+
+const HOST_CID: u32 = 2;
+const VMADDR_CID_ANY: u32 = u32::MAX;
+
+/// Takes ownership of a descriptor nix returned as a raw fd.
+#[allow(unsafe_code)]
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by accept(2), is open, and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn main() {
+    for (fstype, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = mount(Some(fstype), target, Some(fstype), MsFlags::empty(), None::<&str>) {
+            println!("probe: mount {target} error: {e}");
+        }
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for arg in cmdline.split_whitespace() {
+        let Some((step, value)) = arg.strip_prefix("probe.").and_then(|a| a.split_once('=')) else { continue };
+        let result = match step {
+            "vsock" => vsock(value),
+            "echo" => echo(value),
+            "write" => write(value),
+            "read" => read(value),
+            "serial" => std::fs::read_to_string(format!("/sys/block/{value}/serial")).map_err(|e| e.to_string()),
+            "hwrng" => hwrng(value),
+            "ticks" => ticks(value),
+            "exit" => {
+                println!("probe: exiting as PID 1");
+                std::process::exit(value.parse().unwrap_or(1));
+            }
+            other => Err(format!("unknown step {other}")),
+        };
+        match result {
+            Ok(out) => println!("probe: {step} ok: {out}"),
+            Err(e) => println!("probe: {step} error: {e}"),
+        }
+    }
+    println!("probe: done");
+    let _ = std::io::stdout().flush();
+    nix::unistd::sync();
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
+}
+
+fn split3(value: &str) -> Result<(&str, &str, &str), String> {
+    let mut parts = value.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), Some(c)) => Ok((a, b, c)),
+        _ => Err(format!("expected A:B:C, got {value}")),
+    }
+}
+
+fn vsock(value: &str) -> Result<String, String> {
+    let (port, text) = value.split_once(':').ok_or("expected PORT:TEXT")?;
+    let port: u32 = port.parse().map_err(|e| format!("port: {e}"))?;
+    let fd: OwnedFd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    connect(fd.as_raw_fd(), &VsockAddr::new(HOST_CID, port)).map_err(|e| format!("connect: {e}"))?;
+    let mut stream = File::from(fd);
+    stream.write_all(text.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+fn echo(value: &str) -> Result<String, String> {
+    let (port, count) = value.split_once(':').ok_or("expected PORT:COUNT")?;
+    let port: u32 = port.parse().map_err(|e| format!("port: {e}"))?;
+    let count: usize = count.parse().map_err(|e| format!("count: {e}"))?;
+    let listener: OwnedFd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    bind(listener.as_raw_fd(), &VsockAddr::new(VMADDR_CID_ANY, port)).map_err(|e| format!("bind: {e}"))?;
+    listen(&listener, Backlog::new(4).map_err(|e| e.to_string())?).map_err(|e| format!("listen: {e}"))?;
+    println!("probe: listening on vsock port {port}");
+    let mut total = 0usize;
+    for _ in 0..count {
+        let fd = accept(listener.as_raw_fd()).map_err(|e| format!("accept: {e}"))?;
+        let mut stream = File::from(owned(fd));
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = stream.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n]).map_err(|e| format!("write: {e}"))?;
+            total += n;
+        }
+    }
+    Ok(format!("{total} bytes echoed"))
+}
+
+fn write(value: &str) -> Result<String, String> {
+    let (dev, offset, text) = split3(value)?;
+    let offset: u64 = offset.parse().map_err(|e| format!("offset: {e}"))?;
+    let file = OpenOptions::new().write(true).open(dev).map_err(|e| format!("open {dev}: {e}"))?;
+    file.write_all_at(text.as_bytes(), offset).map_err(|e| format!("write {dev}: {e}"))?;
+    file.sync_all().map_err(|e| format!("fsync {dev}: {e}"))?;
+    Ok(format!("{} bytes", text.len()))
+}
+
+fn read(value: &str) -> Result<String, String> {
+    let (dev, offset, len) = split3(value)?;
+    let offset: u64 = offset.parse().map_err(|e| format!("offset: {e}"))?;
+    let len: usize = len.parse().map_err(|e| format!("len: {e}"))?;
+    let file = File::open(dev).map_err(|e| format!("open {dev}: {e}"))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset).map_err(|e| format!("read {dev}: {e}"))?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn hwrng(value: &str) -> Result<String, String> {
+    let len: usize = value.parse().map_err(|e| format!("len: {e}"))?;
+    let mut buf = vec![0u8; len];
+    File::open("/dev/hwrng").and_then(|mut f| f.read_exact(&mut buf)).map_err(|e| format!("/dev/hwrng: {e}"))?;
+    let current = std::fs::read_to_string("/sys/class/misc/hw_random/rng_current").unwrap_or_default();
+    Ok(format!("{} nonzero of {len} from {}", buf.iter().filter(|b| **b != 0).count(), current.trim()))
+}
+
+fn ticks(value: &str) -> Result<String, String> {
+    let n: u64 = value.parse().map_err(|e| format!("count: {e}"))?;
+    for i in 0..n {
+        println!("probe: tick {i}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(format!("{n} ticks"))
+}
