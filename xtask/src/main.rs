@@ -2,6 +2,7 @@
 
 mod apt;
 mod artifacts;
+mod bench;
 mod cargo;
 mod libtest;
 mod test;
@@ -22,6 +23,8 @@ cargo xtask <command>
   test [--no-lint] [--no-unit] [--test FILE]... [--filter NAME]
         every test: fmt, clippy, unit tests, then the integration tests
         inside kvm-host (what CI runs)
+  bench [ring0] [boot]
+        benchmarks; they print numbers (see docs/testing.md)
   help  this text
 ";
 
@@ -45,6 +48,10 @@ fn real_main() -> Result<ExitCode> {
         "kvm-host" => kvm_host(rest),
         "test" => {
             test::run(&test_options(rest)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "bench" => {
+            bench::run(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         "in-host-tests" => {

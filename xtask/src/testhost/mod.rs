@@ -40,6 +40,8 @@ const MODULES: &[&str] = &[
     "bridge",
     "ext4",
     "loop",
+    // For benchmarks that compare with QEMU, whose vsock needs the vhost backend.
+    "vhost_vsock",
 ];
 /// Console lines shown when the test host fails or hangs.
 const CONSOLE_TAIL: usize = 40;

@@ -239,3 +239,110 @@ impl VirtioDevice for Block {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const HEADER: u64 = 0x10_0000;
+    const DATA: u64 = 0x20_0000;
+    const STATUS: u64 = 0x30_0000;
+
+    fn disk(name: &str, contents: &[u8], read_only: bool) -> (Block, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("brig-blk-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).expect("image");
+        let config = BlockConfig { path: path.clone(), read_only, serial: Some("disk-serial".into()) };
+        (Block::new(&config).expect("block"), path)
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem")
+    }
+
+    fn desc(addr: u64, len: u32, writable: bool) -> RawDescriptor {
+        let flags = if writable { VRING_DESC_F_WRITE as u16 } else { 0 };
+        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+    }
+
+    /// Runs one request whose chain is `descs`, with a header of `kind` at `sector`.
+    fn request(block: &Block, mem: &GuestMemoryMmap, kind: u32, sector: u64, descs: &[RawDescriptor]) -> u32 {
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&header, GuestAddress(HEADER)).expect("header");
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).expect("status");
+        let queue = MockSplitQueue::new(mem, 16);
+        let chain = queue.build_desc_chain(descs).expect("chain");
+        block.disk.handle(mem, chain)
+    }
+
+    fn status(mem: &GuestMemoryMmap) -> u8 {
+        mem.read_obj(GuestAddress(STATUS)).expect("status")
+    }
+
+    #[test]
+    fn a_write_to_a_read_only_disk_is_refused_even_if_the_guest_ignores_the_flag() {
+        let (block, path) = disk("ro", &[0x11; 4096], true);
+        assert_ne!(block.avail_features() & F_RO, 0, "the guest is told the disk is read-only");
+        let mem = mem();
+        mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).expect("data");
+        let used =
+            request(&block, &mem, T_OUT, 0, &[desc(HEADER, 16, false), desc(DATA, 512, false), desc(STATUS, 1, true)]);
+        assert_eq!((used, status(&mem)), (1, S_IOERR));
+        assert_eq!(std::fs::read(&path).expect("image"), vec![0x11; 4096], "the image is untouched");
+        std::fs::remove_file(path).expect("cleanup");
+    }
+
+    #[test]
+    fn writes_and_reads_round_trip_and_get_id_returns_the_serial() {
+        let (block, path) = disk("rw", &[0u8; 8192], false);
+        let mem = mem();
+        mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).expect("data");
+        let out = [desc(HEADER, 16, false), desc(DATA, 512, false), desc(STATUS, 1, true)];
+        assert_eq!((request(&block, &mem, T_OUT, 3, &out), status(&mem)), (1, S_OK));
+        assert_eq!(&std::fs::read(&path).expect("image")[3 * 512..4 * 512], &[0x5a; 512]);
+
+        mem.write_slice(&[0u8; 512], GuestAddress(DATA)).expect("clear");
+        let inn = [desc(HEADER, 16, false), desc(DATA, 512, true), desc(STATUS, 1, true)];
+        assert_eq!((request(&block, &mem, T_IN, 3, &inn), status(&mem)), (513, S_OK));
+        let mut back = [0u8; 512];
+        mem.read_slice(&mut back, GuestAddress(DATA)).expect("read");
+        assert_eq!(back, [0x5a; 512]);
+
+        let id = [desc(HEADER, 16, false), desc(DATA, 20, true), desc(STATUS, 1, true)];
+        assert_eq!((request(&block, &mem, T_GET_ID, 0, &id), status(&mem)), (21, S_OK));
+        let mut serial = [0u8; 11];
+        mem.read_slice(&mut serial, GuestAddress(DATA)).expect("serial");
+        assert_eq!(&serial, b"disk-serial");
+        std::fs::remove_file(path).expect("cleanup");
+    }
+
+    #[test]
+    fn hostile_requests_get_errors_not_panics() {
+        let (block, path) = disk("hostile", &[0u8; 4096], false);
+        let mem = mem();
+        // Past the end of the disk.
+        let inn = [desc(HEADER, 16, false), desc(DATA, 512, true), desc(STATUS, 1, true)];
+        assert_eq!(request(&block, &mem, T_IN, 8, &inn), 1);
+        assert_eq!(status(&mem), S_IOERR);
+        // Sector number that overflows when turned into bytes.
+        assert_eq!(request(&block, &mem, T_IN, u64::MAX, &inn), 1);
+        assert_eq!(status(&mem), S_IOERR);
+        // A header shorter than 16 bytes.
+        assert_eq!(request(&block, &mem, T_IN, 0, &[desc(HEADER, 8, false), desc(STATUS, 1, true)]), 1);
+        assert_eq!(status(&mem), S_IOERR);
+        // No writable status byte at all: nothing to answer with.
+        assert_eq!(request(&block, &mem, T_IN, 0, &[desc(HEADER, 16, false)]), 0);
+        // A buffer outside guest memory.
+        let outside = [desc(HEADER, 16, false), desc(0xfff_0000, 512, true), desc(STATUS, 1, true)];
+        assert_eq!(request(&block, &mem, T_IN, 0, &outside), 0);
+        // An unknown request type.
+        assert_eq!(request(&block, &mem, 77, 0, &[desc(HEADER, 16, false), desc(STATUS, 1, true)]), 1);
+        assert_eq!(status(&mem), S_UNSUPP);
+        std::fs::remove_file(path).expect("cleanup");
+    }
+}

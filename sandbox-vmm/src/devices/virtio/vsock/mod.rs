@@ -594,6 +594,36 @@ mod tests {
     }
 
     #[test]
+    fn packets_longer_than_their_buffers_or_the_limit_are_dropped() {
+        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{Bytes, GuestAddress};
+
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        let queue = MockSplitQueue::new(&mem, 16);
+        let mut hdr =
+            Header { src_cid: 3, dst_cid: HOST_CID, op: OP_RW, kind: TYPE_STREAM, len: 8, ..Default::default() };
+        let chain = |payload_len: u32| {
+            let descs = [
+                RawDescriptor::from(Descriptor::new(0x10_0000, HDR_LEN as u32, 0, 0)),
+                RawDescriptor::from(Descriptor::new(0x20_0000, payload_len, 0, 0)),
+            ];
+            queue.build_desc_chain(&descs).expect("chain")
+        };
+        mem.write_slice(&hdr.to_bytes(), GuestAddress(0x10_0000)).expect("header");
+        mem.write_slice(b"12345678", GuestAddress(0x20_0000)).expect("payload");
+        let (parsed, payload) = read_packet(&mem, chain(8)).expect("a well-formed packet");
+        assert_eq!((parsed, payload.as_slice()), (hdr, &b"12345678"[..]));
+
+        hdr.len = 4096; // claims more than the chain holds
+        mem.write_slice(&hdr.to_bytes(), GuestAddress(0x10_0000)).expect("header");
+        assert!(read_packet(&mem, chain(8)).is_none());
+        hdr.len = (MAX_PAYLOAD + 1) as u32; // more than any packet may carry
+        mem.write_slice(&hdr.to_bytes(), GuestAddress(0x10_0000)).expect("header");
+        assert!(read_packet(&mem, chain(MAX_PAYLOAD as u32 + 1)).is_none());
+    }
+
+    #[test]
     fn the_socket_is_removed_on_drop() {
         let path = std::env::temp_dir().join(format!("brig-vsock-{}.sock", std::process::id()));
         let dev = Vsock::new(&VsockConfig { guest_cid: 3, uds_path: path.clone() }).expect("vsock");
