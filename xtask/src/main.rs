@@ -4,6 +4,7 @@ mod apt;
 mod artifacts;
 mod bench;
 mod cargo;
+mod demo;
 mod libtest;
 mod test;
 mod testhost;
@@ -20,6 +21,7 @@ cargo xtask <command>
   kvm-host [--timeout SECS] [--memory MIB] [--cpus N] -- COMMAND...
         run COMMAND as root where /dev/kvm can boot Linux: directly on a CPU
         with vmx/svm, else inside the nested KVM test host
+  demo  the main job: a micro-VM booted by brig-vmm, its agent answering over vsock
   test [--no-lint] [--no-unit] [--test FILE]... [--filter NAME]
         every test: fmt, clippy, unit tests, then the integration tests
         inside kvm-host (what CI runs)
@@ -48,6 +50,10 @@ fn real_main() -> Result<ExitCode> {
         "kvm-host" => kvm_host(rest),
         "test" => {
             test::run(&test_options(rest)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "demo" => {
+            demo::run()?;
             Ok(ExitCode::SUCCESS)
         }
         "bench" => {
