@@ -10,20 +10,20 @@ pub const API_MAJOR: u32 = 1;
 pub const API_MINOR: u32 = 0;
 
 /// Message types.
-#[allow(unused, nonstandard_style, clippy::all, missing_debug_implementations)]
+#[allow(unused, nonstandard_style, clippy::all, clippy::unwrap_used, missing_debug_implementations)]
 pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/sync/agent.rs"));
 }
 
 /// Blocking client and server.
-#[allow(unused, nonstandard_style, clippy::all, missing_debug_implementations)]
+#[allow(unused, nonstandard_style, clippy::all, clippy::unwrap_used, missing_debug_implementations)]
 pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/sync/agent_ttrpc.rs"));
 }
 
 /// Async (tokio) client and server.
 #[cfg(feature = "async")]
-#[allow(unused, nonstandard_style, clippy::all, missing_debug_implementations)]
+#[allow(unused, nonstandard_style, clippy::all, clippy::unwrap_used, missing_debug_implementations)]
 pub mod agent_ttrpc_async {
     include!(concat!(env!("OUT_DIR"), "/async/agent_ttrpc.rs"));
 }

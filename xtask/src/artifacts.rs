@@ -22,7 +22,6 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     pub kernel: PathBuf,
-    pub kernel_release: String,
     pub initramfs: PathBuf,
     pub agent: PathBuf,
     pub vmm: PathBuf,
@@ -57,7 +56,6 @@ pub fn build() -> Result<Artifacts> {
     cargo::run("build brig-vmm", &["build", "--release", "--quiet", "-p", "sandbox-vmm", "--bin", "brig-vmm"])?;
     Ok(Artifacts {
         kernel: kernel.vmlinux,
-        kernel_release: kernel.release,
         initramfs,
         agent,
         vmm: crate::workspace_root().join("target").join("release").join("brig-vmm"),

@@ -118,7 +118,7 @@ mod tests {
         let mut data = [0u8; 1];
         assert!(bus.read(0x3fd, &mut data));
         assert_eq!(data, [5]);
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert_eq!(lock(&a).last_write, Some((0, vec![b'x'])));
         assert!(!bus.read(0x400, &mut data), "past the end");
         assert_eq!(data, [0xff]);

@@ -52,6 +52,11 @@ pub const IRQ_MAX: u32 = 23;
 
 pub const PAGE_SIZE: u64 = 4096;
 
+// The device windows end below the IOAPIC, and KVM's private pages sit above the LAPIC.
+const _: () = assert!(MMIO_START + MMIO_SLOTS * MMIO_SLOT_SIZE < IOAPIC_START);
+const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS > LAPIC_START);
+const _: () = assert!((IRQ_MAX - FIRST_VIRTIO_IRQ + 1) as u64 == MMIO_SLOTS);
+
 /// Guest RAM ranges for `memory_bytes` of memory: below the MMIO gap, and above 4 GiB
 /// for whatever does not fit below it.
 pub fn ram_ranges(memory_bytes: u64) -> Vec<(u64, u64)> {
@@ -76,13 +81,5 @@ mod tests {
         let ranges = ram_ranges(4 << 30);
         assert_eq!(ranges, vec![(0, MMIO_START), (RAM_ABOVE_GAP, (4 << 30) - MMIO_START)]);
         assert_eq!(ranges.iter().map(|r| r.1).sum::<u64>(), 4 << 30);
-    }
-
-    #[test]
-    fn devices_fit_below_the_ioapic() {
-        let irqs = IRQ_MAX - FIRST_VIRTIO_IRQ + 1;
-        assert_eq!(u64::from(irqs), MMIO_SLOTS);
-        assert!(MMIO_START + MMIO_SLOTS * MMIO_SLOT_SIZE < IOAPIC_START);
-        assert!(KVM_IDENTITY_MAP_ADDRESS > LAPIC_START);
     }
 }
