@@ -1,0 +1,63 @@
+//! `cargo xtask kvm-host` itself: the command runs where KVM can boot Linux, its
+//! output and exit status come back, the work tree is shared read-write, and a hang
+//! ends at the timeout with the test host's console tail.
+//!
+//! One test, run in sequence: each case boots a test host (~5 s).
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn kvm_host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("kvm-host")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run xtask kvm-host")
+}
+
+fn nested() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("cpuinfo");
+    !cpuinfo.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
+}
+
+#[test]
+fn runs_commands_where_kvm_can_boot_linux() {
+    // The CPU the command sees offers hardware virtualization.
+    let flag = if nested() { "svm" } else { "vmx|svm" };
+    let out = kvm_host(&["--", "grep", "-c", "-w", "-E", flag, "/proc/cpuinfo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let count: u32 = stdout.trim().parse().unwrap_or_else(|_| panic!("a count, got {stdout:?}\n{stderr}"));
+    assert!(count >= 1, "{stdout}");
+    if nested() {
+        assert!(stderr.contains("test host booted in"), "the boot time is printed: {stderr}");
+    }
+
+    // Exit status comes back.
+    let out = kvm_host(&["--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kvm_host(&["--", "false"]);
+    assert!(!out.status.success());
+
+    // The work tree is at the same path and writable; /dev/kvm is there; we are root.
+    let marker = format!("target/kvm-host-marker-{}", std::process::id());
+    let script = format!("test -f Cargo.toml && test -c /dev/kvm && [ $(id -u) = 0 ] && echo hi > ../{marker}");
+    let out = kvm_host(&["--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&marker);
+    assert_eq!(std::fs::read_to_string(&path).expect("written inside, read outside"), "hi\n");
+    std::fs::remove_file(&path).expect("cleanup");
+
+    // A hang ends at the timeout, with the console tail.
+    let start = Instant::now();
+    let out = kvm_host(&["--timeout", "20", "--", "sleep", "600"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(90), "took {:?}", start.elapsed());
+    assert!(stderr.contains("did not finish within 20s"), "{stderr}");
+    if nested() {
+        assert!(stderr.contains("Console tail") && stderr.contains("brig-testhost: ready"), "{stderr}");
+    }
+}
