@@ -7,6 +7,7 @@
 pub mod guest_info;
 pub mod init;
 pub mod reaper;
+pub mod runtime;
 pub mod service;
 
 /// The agent's version, reported by `Ping`.

@@ -7,7 +7,10 @@
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// API version the agent reports in `Ping` (see the versioning note in agent.proto).
 pub const API_MAJOR: u32 = 1;
-pub const API_MINOR: u32 = 0;
+/// Minor 1 added the container API.
+pub const API_MINOR: u32 = 1;
+
+pub mod stdio;
 
 /// Message types.
 #[allow(unused, nonstandard_style, clippy::all, clippy::unwrap_used, missing_debug_implementations)]
