@@ -4,6 +4,7 @@
 //! orphan, and serves the agent API (`brig-protocol`) over vsock to the shim.
 //! Everything a request carries is treated as untrusted input.
 
+pub mod container;
 pub mod guest_info;
 pub mod init;
 pub mod reaper;

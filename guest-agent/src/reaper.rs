@@ -7,7 +7,10 @@
 //! re-parented to PID 1 are reaped and forgotten, and children started through
 //! [`Reaper::spawn`] have their status delivered to whoever waits for them.
 //! `spawn` registers the pid before the reaper can see it exit, so no status is
-//! lost. Nothing else in the agent may call `wait` on a child.
+//! lost. A child that is only known after it started (a process an exec helper
+//! forked with `CLONE_PARENT`) is claimed with [`Reaper::watch`]; the last
+//! [`UNCLAIMED`] statuses nobody waited for are kept for that case. Nothing else in
+//! the agent may call `wait` on a child.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -24,10 +27,18 @@ use nix::unistd::Pid;
 
 /// How often the reaper looks for exited children without being signalled.
 pub const POLL_INTERVAL: u16 = 100; // ms
+/// Exit statuses of unregistered children kept for a late [`Reaper::watch`].
+pub const UNCLAIMED: usize = 256;
+
+#[derive(Debug, Default)]
+struct State {
+    waiters: HashMap<Pid, Sender<WaitStatus>>,
+    unclaimed: std::collections::VecDeque<(Pid, WaitStatus)>,
+}
 
 #[derive(Debug, Default)]
 pub struct Reaper {
-    waiters: Mutex<HashMap<Pid, Sender<WaitStatus>>>,
+    state: Mutex<State>,
 }
 
 impl Reaper {
@@ -57,15 +68,29 @@ impl Reaper {
     /// Starts a child with `start` (which returns its pid) and returns a receiver for
     /// its wait status. The pid is registered before the reaper can collect it.
     pub fn spawn<E>(&self, start: impl FnOnce() -> Result<Pid, E>) -> Result<(Pid, Receiver<WaitStatus>), E> {
-        let mut waiters = self.lock();
+        let mut state = self.lock();
         let pid = start()?;
         let (tx, rx) = channel();
-        waiters.insert(pid, tx);
+        state.waiters.insert(pid, tx);
         Ok((pid, rx))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Pid, Sender<WaitStatus>>> {
-        self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Claims an already running child (or one that just exited) of this process.
+    pub fn watch(&self, pid: Pid) -> Receiver<WaitStatus> {
+        let mut state = self.lock();
+        let (tx, rx) = channel();
+        if let Some(at) = state.unclaimed.iter().position(|(p, _)| *p == pid) {
+            if let Some((_, status)) = state.unclaimed.remove(at) {
+                let _ = tx.send(status);
+            }
+        } else {
+            state.waiters.insert(pid, tx);
+        }
+        rx
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Collects every child that has exited.
@@ -76,10 +101,18 @@ impl Reaper {
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
                     let finished = matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..));
-                    let mut waiters = self.lock();
+                    let mut state = self.lock();
                     if finished {
-                        if let Some(tx) = waiters.remove(&pid) {
-                            let _ = tx.send(status);
+                        match state.waiters.remove(&pid) {
+                            Some(tx) => {
+                                let _ = tx.send(status);
+                            }
+                            None => {
+                                if state.unclaimed.len() == UNCLAIMED {
+                                    state.unclaimed.pop_front();
+                                }
+                                state.unclaimed.push_back((pid, status));
+                            }
                         }
                     }
                 }

@@ -24,6 +24,7 @@ fn zombies_of(parent: u32) -> Vec<String> {
 }
 
 /// Starts a command and forgets its handle: only the reaper waits for it.
+#[allow(clippy::zombie_processes)] // the reaper under test collects it
 fn spawn(cmd: &mut Command) -> std::io::Result<Pid> {
     cmd.spawn().map(|child| Pid::from_raw(child.id() as i32))
 }
@@ -52,6 +53,12 @@ fn orphans_are_reaped_and_spawned_children_report_their_status() {
         }
         assert!(Instant::now() < deadline, "zombies left: {zombies:?}");
     }
+
+    // A child claimed after it exited still reports its status.
+    let pid = spawn(Command::new("sh").args(["-c", "exit 5"])).expect("sh");
+    std::thread::sleep(Duration::from_millis(3 * u64::from(brig_agent::reaper::POLL_INTERVAL)));
+    let status = reaper.watch(pid).recv_timeout(Duration::from_secs(5)).expect("late status");
+    assert_eq!(status, WaitStatus::Exited(pid, 5));
 
     // A killed child reports its signal.
     let (pid, exited) = reaper.spawn(|| spawn(Command::new("sleep").arg("10"))).expect("sleep");

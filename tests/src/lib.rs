@@ -8,6 +8,8 @@
 //! skipped there. Harness helpers never skip: a missing prerequisite panics with
 //! what to do about it.
 
+pub mod container;
+pub mod oci;
 pub mod ring0;
 pub mod scratch;
 pub mod vm;

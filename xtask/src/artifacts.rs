@@ -8,11 +8,13 @@
 //! | `BRIG_AGENT_BIN`      | the static brig-agent                             |
 //! | `BRIG_VMM_BIN`        | brig-vmm (release build)                          |
 //! | `BRIG_PROBE_INITRAMFS`| test-only initramfs whose init is brig-guest-probe|
+//! | `BRIG_OCI_CHECK_BIN`  | the static brig-oci-check (OCI conformance tests) |
+//! | `BRIG_TEST_ROOTFS_IMAGE` | ext4 busybox rootfs with the probe and checker |
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use brig_rootfs_builder::{initramfs, kernel};
+use brig_rootfs_builder::{image, initramfs, kernel};
 
 use crate::cargo;
 
@@ -26,6 +28,8 @@ pub struct Artifacts {
     pub agent: PathBuf,
     pub vmm: PathBuf,
     pub probe_initramfs: PathBuf,
+    pub oci_check: PathBuf,
+    pub test_rootfs: PathBuf,
 }
 
 impl Artifacts {
@@ -37,6 +41,8 @@ impl Artifacts {
             ("BRIG_AGENT_BIN".into(), s(&self.agent)),
             ("BRIG_VMM_BIN".into(), s(&self.vmm)),
             ("BRIG_PROBE_INITRAMFS".into(), s(&self.probe_initramfs)),
+            ("BRIG_OCI_CHECK_BIN".into(), s(&self.oci_check)),
+            ("BRIG_TEST_ROOTFS_IMAGE".into(), s(&self.test_rootfs)),
         ]
     }
 }
@@ -47,12 +53,14 @@ pub fn build() -> Result<Artifacts> {
     eprintln!("guest kernel {}: {}", kernel.release, kernel.vmlinux.display());
     let agent = build_static("guest-agent", "brig-agent")?;
     let probe = build_static("brig-guest-probe", "brig-guest-probe")?;
+    let oci_check = build_static("brig-oci-check", "brig-oci-check")?;
     let out = crate::workspace_root().join("target").join("brig");
     std::fs::create_dir_all(&out)?;
     let initramfs = out.join("initramfs.cpio");
     initramfs::build(&agent, &initramfs)?;
     let probe_initramfs = out.join("probe-initramfs.cpio");
     initramfs::build(&probe, &probe_initramfs)?;
+    let test_rootfs = test_rootfs_image(&out, &probe, &oci_check)?;
     cargo::run("build brig-vmm", &["build", "--release", "--quiet", "-p", "sandbox-vmm", "--bin", "brig-vmm"])?;
     Ok(Artifacts {
         kernel: kernel.vmlinux,
@@ -60,7 +68,25 @@ pub fn build() -> Result<Artifacts> {
         agent,
         vmm: crate::workspace_root().join("target").join("release").join("brig-vmm"),
         probe_initramfs,
+        oci_check,
+        test_rootfs,
     })
+}
+
+/// The busybox rootfs the agent tests run containers from, as an ext4 image: the
+/// probe and the checker in /usr/bin, and `/etc/evil`, an absolute symlink pointing
+/// out of the rootfs (the symlink-escape test mounts through it).
+fn test_rootfs_image(out: &Path, probe: &Path, checker: &Path) -> Result<PathBuf> {
+    let dir = out.join("test-rootfs");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let extra = [(probe.to_path_buf(), "usr/bin/brig-guest-probe"), (checker.to_path_buf(), "usr/bin/brig-oci-check")];
+    image::busybox_rootfs(&dir, &extra)?;
+    std::os::unix::fs::symlink("/escape", dir.join("etc/evil"))?;
+    let path = out.join("test-rootfs.ext4");
+    image::ext4_image(&dir, &path, 64)?;
+    Ok(path)
 }
 
 /// A statically linked guest binary (`+crt-static`: the guest has no libc).

@@ -12,7 +12,13 @@
 //! - `probe.serial=NAME` — report /sys/block/NAME/serial;
 //! - `probe.hwrng=LEN` — read LEN bytes from /dev/hwrng, report how many differ from zero;
 //! - `probe.ticks=N` — print `probe: tick i` every 50 ms, N times;
-//! - `probe.exit=CODE` — exit (as PID 1 this panics the kernel).
+//! - `probe.exit=CODE` — exit (as PID 1 this panics the kernel);
+//! - `probe.vsock-connect=CID:PORT` — try to open a vsock connection, report the outcome;
+//! - `probe.overwrite-exe=SECONDS` — for SECONDS, try to open every other process's
+//!   `/proc/<pid>/exe` for writing (the CVE-2019-5736 attack), report attempts and successes.
+//!
+//! With arguments (`brig-guest-probe probe.vsock-connect=2:1024 …`) it runs those steps
+//! instead, as an ordinary process inside a container: no mounts, no reset.
 #![deny(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
@@ -36,6 +42,11 @@ fn owned(fd: RawFd) -> OwnedFd {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        run_steps(&args);
+        return;
+    }
     for (fstype, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
         let _ = std::fs::create_dir_all(target);
         if let Err(e) = mount(Some(fstype), target, Some(fstype), MsFlags::empty(), None::<&str>) {
@@ -43,7 +54,16 @@ fn main() {
         }
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    for arg in cmdline.split_whitespace() {
+    let steps: Vec<String> = cmdline.split_whitespace().map(str::to_owned).collect();
+    run_steps(&steps);
+    println!("probe: done");
+    let _ = std::io::stdout().flush();
+    nix::unistd::sync();
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
+}
+
+fn run_steps(steps: &[String]) {
+    for arg in steps {
         let Some((step, value)) = arg.strip_prefix("probe.").and_then(|a| a.split_once('=')) else { continue };
         let result = match step {
             "vsock" => vsock(value),
@@ -53,6 +73,8 @@ fn main() {
             "serial" => std::fs::read_to_string(format!("/sys/block/{value}/serial")).map_err(|e| e.to_string()),
             "hwrng" => hwrng(value),
             "ticks" => ticks(value),
+            "vsock-connect" => vsock_connect(value),
+            "overwrite-exe" => overwrite_exe(value),
             "exit" => {
                 println!("probe: exiting as PID 1");
                 std::process::exit(value.parse().unwrap_or(1));
@@ -64,10 +86,6 @@ fn main() {
             Err(e) => println!("probe: {step} error: {e}"),
         }
     }
-    println!("probe: done");
-    let _ = std::io::stdout().flush();
-    nix::unistd::sync();
-    let _ = reboot(RebootMode::RB_AUTOBOOT);
 }
 
 fn split3(value: &str) -> Result<(&str, &str, &str), String> {
@@ -122,6 +140,39 @@ fn echo(value: &str) -> Result<String, String> {
         }
     }
     Ok(format!("{total} bytes echoed"))
+}
+
+fn vsock_connect(value: &str) -> Result<String, String> {
+    let (cid, port) = value.split_once(':').ok_or("expected CID:PORT")?;
+    let (cid, port): (u32, u32) = (cid.parse().map_err(|_| "cid")?, port.parse().map_err(|_| "port")?);
+    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    connect(fd.as_raw_fd(), &VsockAddr::new(cid, port)).map_err(|e| format!("connect: {e}"))?;
+    Ok("connected".into())
+}
+
+fn overwrite_exe(value: &str) -> Result<String, String> {
+    let seconds: u64 = value.parse().map_err(|_| "seconds")?;
+    let own = std::fs::read_link("/proc/self/exe").ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut attempts, mut opened) = (0u64, Vec::new());
+    while std::time::Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").map_err(|e| e.to_string())?.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let exe = entry.path().join("exe");
+            if std::fs::read_link(&exe).ok() == own {
+                continue;
+            }
+            attempts += 1;
+            if OpenOptions::new().write(true).open(&exe).is_ok() {
+                opened.push(std::fs::read_link(&exe).map(|p| p.display().to_string()).unwrap_or_default());
+            }
+        }
+    }
+    Ok(format!("{attempts} attempts, {} opened {opened:?}", opened.len()))
 }
 
 fn write(value: &str) -> Result<String, String> {
