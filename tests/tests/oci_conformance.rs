@@ -104,3 +104,63 @@ fn a_spec_the_container_does_not_match_fails_exactly_where_it_differs() {
         }
     }
 }
+
+/// The acceptance test: the same bundle, run by brig's agent in a micro-VM (the bundle
+/// directory as an ext4 block device), prints exactly runc's verdicts.
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn brig_gives_the_same_verdicts_as_runc() {
+    use std::io::Read;
+
+    use brig_protocol::agent::{CreateContainerRequest, Rootfs, Stdio};
+    use brig_protocol::stdio::Stream;
+    use brig_tests::container::{ctx, AgentVm};
+    use brig_tests::vm::VmSpec;
+
+    brig_tests::require_kvm_host();
+    let scratch = Scratch::new("oci-brig");
+    let bundle = oci::bundle(&scratch.path().join("bundle"), &[]);
+    let runc = oci::runc_run(&bundle, &container_id("reference"));
+    oci::assert_conformant(&runc, &oci::expected_checks(&[]));
+    let runc_verdicts = oci::verdicts(&String::from_utf8_lossy(&runc.stdout));
+
+    let image = scratch.join("bundle.ext4");
+    brig_rootfs_builder::image::ext4_image(&bundle.dir, &image, 64).expect("bundle image");
+    let mut vm =
+        AgentVm::start_with(VmSpec::new().memory(256).block(format!("path={},ro,serial=bundle", image.display())));
+    let request = CreateContainerRequest {
+        container_id: "conformance".into(),
+        oci_spec: std::fs::read(bundle.config()).expect("config.json"),
+        rootfs: Some(Rootfs {
+            serial: "bundle".into(),
+            fstype: "ext4".into(),
+            read_only: true,
+            writable_layer: true,
+            path: "rootfs".into(),
+            ..Default::default()
+        })
+        .into(),
+        stdio: Some(Stdio { stdout: true, stderr: true, ..Default::default() }).into(),
+        ..Default::default()
+    };
+    vm.agent.create_container(ctx(), &request).expect("create");
+    let mut out = vm.attach("conformance", "", Stream::Stdout).expect("stdout");
+    let mut err = vm.attach("conformance", "", Stream::Stderr).expect("stderr");
+    vm.start_container("conformance").expect("start");
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    out.read_to_string(&mut stdout).expect("stdout");
+    err.read_to_string(&mut stderr).expect("stderr");
+    let exit = vm.wait("conformance", "").expect("wait");
+    println!("brig, conformance bundle:\n{stdout}{stderr}");
+    let brig_verdicts = oci::verdicts(&stdout);
+    let differing: Vec<(&String, Option<&String>, Option<&String>)> = runc_verdicts
+        .keys()
+        .chain(brig_verdicts.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| runc_verdicts.get(*k) != brig_verdicts.get(*k))
+        .map(|k| (k, runc_verdicts.get(k), brig_verdicts.get(k)))
+        .collect();
+    assert!(differing.is_empty(), "brig and runc disagree (check, runc, brig): {differing:#?}\nstderr: {stderr}");
+    assert_eq!(exit.exit_code, 0, "{stderr}");
+}

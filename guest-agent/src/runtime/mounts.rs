@@ -16,7 +16,7 @@ use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
-use super::paths::{create_in_root, fd_path, Kind, PathError};
+use super::paths::{create_in_root, fd_path, open_in_root, Kind, PathError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -163,14 +163,18 @@ fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path) -> Result<(), MountError>
             None::<&str>,
         )
         .map_err(mount_err(&what, dest))?;
+        // The descriptor still names the directory under the new mount: reopen to reach its root.
+        let mounted = open_in_root(root, dest)?;
+        let target_path = fd_path(&mounted);
         let remount = options.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !remount.is_empty() {
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | remount;
-            mount(None::<&str>, &target_path, None::<&str>, flags, None::<&str>).map_err(mount_err(&what, dest))?;
+            mount(None::<&str>, &target_path, None::<&str>, flags, None::<&str>)
+                .map_err(mount_err(&format!("{what} (remount {remount:?})"), dest))?;
         }
         if !options.propagation.is_empty() {
             mount(None::<&str>, &target_path, None::<&str>, options.propagation, None::<&str>)
-                .map_err(mount_err(&what, dest))?;
+                .map_err(mount_err(&format!("{what} (propagation)"), dest))?;
         }
         return Ok(());
     }
@@ -281,5 +285,64 @@ mod tests {
         let o = opts(&["ro", "rw"]);
         assert!(!o.flags.contains(MsFlags::MS_RDONLY), "the last of ro/rw wins");
         assert!(opts(&["tmpcopyup"]).data.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+
+    /// Runs `f` in a forked child in a private mount namespace; returns its exit code.
+    fn in_mount_namespace(f: impl FnOnce() -> i32) -> i32 {
+        // SAFETY: the test process forks and the child only runs `f` and exits.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let code = match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
+                    Ok(()) => {
+                        let _ =
+                            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>);
+                        f()
+                    }
+                    Err(_) => 99,
+                };
+                std::process::exit(code)
+            }
+            ForkResult::Parent { child } => match waitpid(child, None).expect("wait") {
+                WaitStatus::Exited(_, code) => code,
+                other => panic!("child ended with {other:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn a_read_only_bind_mount_is_read_only() {
+        let dir = std::env::temp_dir().join(format!("brig-mounts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rootfs/mnt")).expect("rootfs");
+        std::fs::create_dir_all(dir.join("data")).expect("data");
+        std::fs::write(dir.join("data/file"), b"x").expect("file");
+        let m: Mount = serde_json::from_value(serde_json::json!(
+            {"destination": "/mnt/ro", "type": "bind", "source": "data", "options": ["rbind", "ro"]}
+        ))
+        .expect("mount");
+        let (rootfs, bundle) = (dir.join("rootfs"), dir.clone());
+        let code = in_mount_namespace(|| {
+            let root = match open(&rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()) {
+                Ok(root) => root,
+                Err(_) => return 2,
+            };
+            if let Err(e) = mount_one(&root, &m, &bundle) {
+                eprintln!("{e}: {:?}", std::error::Error::source(&e));
+                return 3;
+            }
+            match std::fs::write(rootfs.join("mnt/ro/file"), b"y") {
+                Err(e) if e.raw_os_error() == Some(libc::EROFS) => 0,
+                _ => 4,
+            }
+        });
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(code, 0, "2: no root, 3: mount failed, 4: still writable, 99: no namespace");
     }
 }

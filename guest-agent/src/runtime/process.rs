@@ -126,11 +126,12 @@ pub fn set_identity(process: &Process) -> Result<(), ProcessError> {
     setresuid(uid, uid, uid).map_err(set_err("uid"))?;
     nix::sys::prctl::set_keepcaps(false).map_err(set_err("keepcaps"))?;
     if let Some(c) = wanted {
-        // Effective first: it must stay a subset of permitted at every step.
+        // Effective first (it must stay within permitted at every step), inheritable while
+        // permitted still bounds it from above, permitted last.
         let sets = [
             (CapSet::Effective, c.effective()),
-            (CapSet::Permitted, c.permitted()),
             (CapSet::Inheritable, c.inheritable()),
+            (CapSet::Permitted, c.permitted()),
         ];
         for (set, list) in sets {
             let value = to_caps(list.as_ref())?;
