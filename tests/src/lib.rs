@@ -9,6 +9,7 @@
 //! what to do about it.
 
 pub mod container;
+pub mod containerd;
 pub mod oci;
 pub mod ring0;
 pub mod scratch;

@@ -10,6 +10,8 @@
 //! | `BRIG_PROBE_INITRAMFS`| test-only initramfs whose init is brig-guest-probe|
 //! | `BRIG_OCI_CHECK_BIN`  | the static brig-oci-check (OCI conformance tests) |
 //! | `BRIG_TEST_ROOTFS_IMAGE` | ext4 busybox rootfs with the probe and checker |
+//! | `BRIG_SHIM_BIN`       | containerd-shim-brig-v2 (release build)           |
+//! | `BRIG_OCI_IMAGE`      | busybox OCI image-layout tarball for `ctr image import` |
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,9 @@ use anyhow::{bail, Context, Result};
 use brig_rootfs_builder::{image, initramfs, kernel};
 
 use crate::cargo;
+
+/// What the busybox image is called once imported (`ctr image import`).
+pub const OCI_IMAGE_REF: &str = "docker.io/library/brig-busybox:latest";
 
 /// The host's target triple; the agent is built for it, statically linked.
 const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -30,6 +35,8 @@ pub struct Artifacts {
     pub probe_initramfs: PathBuf,
     pub oci_check: PathBuf,
     pub test_rootfs: PathBuf,
+    pub shim: PathBuf,
+    pub oci_image: PathBuf,
 }
 
 impl Artifacts {
@@ -43,6 +50,8 @@ impl Artifacts {
             ("BRIG_PROBE_INITRAMFS".into(), s(&self.probe_initramfs)),
             ("BRIG_OCI_CHECK_BIN".into(), s(&self.oci_check)),
             ("BRIG_TEST_ROOTFS_IMAGE".into(), s(&self.test_rootfs)),
+            ("BRIG_SHIM_BIN".into(), s(&self.shim)),
+            ("BRIG_OCI_IMAGE".into(), s(&self.oci_image)),
         ]
     }
 }
@@ -61,12 +70,20 @@ pub fn build() -> Result<Artifacts> {
     let probe_initramfs = out.join("probe-initramfs.cpio");
     initramfs::build(&probe, &probe_initramfs)?;
     let test_rootfs = test_rootfs_image(&out, &probe, &oci_check)?;
-    cargo::run("build brig-vmm", &["build", "--release", "--quiet", "-p", "sandbox-vmm", "--bin", "brig-vmm"])?;
+    let oci_image = out.join("busybox-oci.tar");
+    image::oci_image_layout(&out.join("test-rootfs"), &oci_image, OCI_IMAGE_REF)?;
+    cargo::run(
+        "build brig-vmm and the shim",
+        &["build", "--release", "--quiet", "-p", "sandbox-vmm", "--bin", "brig-vmm", "-p", "brig-shim"],
+    )?;
+    let release = crate::workspace_root().join("target").join("release");
     Ok(Artifacts {
         kernel: kernel.vmlinux,
         initramfs,
         agent,
-        vmm: crate::workspace_root().join("target").join("release").join("brig-vmm"),
+        vmm: release.join("brig-vmm"),
+        shim: release.join("containerd-shim-brig-v2"),
+        oci_image,
         probe_initramfs,
         oci_check,
         test_rootfs,

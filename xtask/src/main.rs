@@ -5,6 +5,7 @@ mod artifacts;
 mod bench;
 mod cargo;
 mod demo;
+mod install;
 mod libtest;
 mod test;
 mod testhost;
@@ -27,6 +28,9 @@ cargo xtask <command>
         inside kvm-host (what CI runs)
   bench [ring0] [boot]
         benchmarks; they print numbers (see docs/testing.md)
+  install [--prefix DIR] [--no-build]
+        installs the shim, brig-vmm, the guest kernel and initramfs, and
+        /etc/brig/config.toml, so `ctr run --runtime io.containerd.brig.v2` works
   help  this text
 ";
 
@@ -54,6 +58,10 @@ fn real_main() -> Result<ExitCode> {
         }
         "demo" => {
             demo::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "install" => {
+            install::run(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         "bench" => {

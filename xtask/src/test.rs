@@ -82,6 +82,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut host = testhost::Options::new(crate::workspace_root());
     host.timeout = Duration::from_secs(50 * 60);
     host.env = env;
+    host.env.push(("BRIG_XTASK_BIN".into(), own_binary()?));
     let code = testhost::run(&argv, &host)?;
     phase("integration tests in kvm-host", start);
 

@@ -1,0 +1,146 @@
+//! `/etc/brig/config.toml`: where the guest kernel, initramfs and VMM are, and how
+//! large a VM is by default. Every field has a default matching `cargo xtask
+//! install`, so a missing file means "installed in the usual places".
+//!
+//! ```toml
+//! kernel = "/usr/local/share/brig/vmlinux"
+//! initramfs = "/usr/local/share/brig/initramfs.cpio"
+//! vmm = "/usr/local/bin/brig-vmm"
+//! default_vcpus = 1
+//! default_memory_mib = 128
+//! log_level = "info"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the shim looks unless `BRIG_CONFIG` names another file.
+pub const DEFAULT_PATH: &str = "/etc/brig/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The guest kernel (uncompressed vmlinux).
+    pub kernel: PathBuf,
+    /// The guest initramfs (brig-agent as /init).
+    pub initramfs: PathBuf,
+    /// The brig-vmm binary.
+    pub vmm: PathBuf,
+    /// vCPUs when the spec sets no CPU limit.
+    pub default_vcpus: u8,
+    /// Guest memory when the spec sets no memory limit.
+    pub default_memory_mib: u64,
+    /// Memory added to a spec's limit for the guest kernel and agent.
+    pub memory_overhead_mib: u64,
+    /// Per-task state (sockets, console log, VM config).
+    pub state_dir: PathBuf,
+    /// Rootfs images, reused while their snapshot is unchanged.
+    pub image_dir: PathBuf,
+    /// How long the guest agent may take to answer after the VM starts.
+    pub agent_timeout_secs: u64,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kernel: PathBuf::from("/usr/local/share/brig/vmlinux"),
+            initramfs: PathBuf::from("/usr/local/share/brig/initramfs.cpio"),
+            vmm: PathBuf::from("/usr/local/bin/brig-vmm"),
+            default_vcpus: 1,
+            default_memory_mib: 128,
+            memory_overhead_mib: 64,
+            state_dir: PathBuf::from("/run/brig"),
+            image_dir: PathBuf::from("/var/lib/brig/images"),
+            agent_timeout_secs: 60,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `$BRIG_CONFIG` or [`DEFAULT_PATH`]; a missing default file gives the defaults.
+    pub fn load() -> Result<Config, ConfigError> {
+        match std::env::var_os("BRIG_CONFIG") {
+            Some(path) => Self::from_file(Path::new(&path)),
+            None if Path::new(DEFAULT_PATH).exists() => Self::from_file(Path::new(DEFAULT_PATH)),
+            None => Ok(Config::default()),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid { path: path.into(), message });
+        if self.default_vcpus == 0 {
+            return invalid("default_vcpus must be at least 1".into());
+        }
+        if self.default_memory_mib < 64 {
+            return invalid(format!("default_memory_mib {} is below 64", self.default_memory_mib));
+        }
+        Ok(())
+    }
+
+    /// The files a VM needs, checked before starting one (the message says how to fix it).
+    pub fn check_installed(&self) -> Result<(), String> {
+        for (what, path) in [("guest kernel", &self.kernel), ("initramfs", &self.initramfs), ("brig-vmm", &self.vmm)] {
+            if !path.is_file() {
+                return Err(format!(
+                    "the {what} {} is missing: run `cargo xtask install`, or set it in {DEFAULT_PATH}",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults() {
+        let config: Config = toml::from_str("default_vcpus = 2\nkernel = \"/k\"").expect("parse");
+        assert_eq!(config.default_vcpus, 2);
+        assert_eq!(config.kernel, PathBuf::from("/k"));
+        assert_eq!(config.default_memory_mib, Config::default().default_memory_mib);
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_file() {
+        let dir = std::env::temp_dir().join(format!("brig-shim-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "defualt_vcpus = 2\n").expect("write");
+        let err = Config::from_file(&path).expect_err("typo");
+        assert!(err.to_string().contains("config.toml is not valid") && err.to_string().contains("defualt_vcpus"), "{err}");
+        std::fs::write(&path, "default_vcpus = 0\n").expect("write");
+        assert!(Config::from_file(&path).expect_err("zero").to_string().contains("at least 1"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn missing_artifacts_say_how_to_install() {
+        let config = Config { kernel: "/nonexistent/vmlinux".into(), ..Config::default() };
+        let err = config.check_installed().expect_err("missing");
+        assert!(err.contains("/nonexistent/vmlinux") && err.contains("cargo xtask install"), "{err}");
+    }
+}

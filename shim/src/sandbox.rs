@@ -1,0 +1,312 @@
+//! The micro-VM behind a task: brig-vmm started with a JSON configuration, the
+//! guest agent reached through its hybrid vsock socket, and teardown.
+//!
+//! The shim never links the VMM: it writes `vm.json`, starts the `brig-vmm`
+//! binary, and talks to it only through its sockets (docs/control-socket.md).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use brig_protocol::agent::PingRequest;
+use brig_protocol::agent_ttrpc_async::AgentClient;
+use brig_protocol::stdio::{Header, Stream, STDIO_VSOCK_PORT};
+use brig_protocol::ttrpc::asynchronous::transport::Socket;
+use brig_protocol::ttrpc::context;
+use brig_protocol::{AGENT_VSOCK_PORT, API_MAJOR, API_MINOR};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::ShimError;
+
+/// Guest CID of every brig VM (each VM has its own vsock device).
+const GUEST_CID: u64 = 3;
+/// Serial of the rootfs block device (the agent finds it by this).
+pub const ROOTFS_SERIAL: &str = "rootfs";
+/// How long the agent gets to power the VM off before brig-vmm is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How a VM is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub vcpus: u8,
+    pub memory_mib: u64,
+}
+
+/// A running VM.
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub vmm_pid: u32,
+    pub agent: AgentClient,
+    vsock: PathBuf,
+    /// `Some(exit code)` once brig-vmm has exited.
+    exited: watch::Receiver<Option<i32>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("dir", &self.dir).field("vmm_pid", &self.vmm_pid).finish_non_exhaustive()
+    }
+}
+
+fn ctx(timeout: Duration) -> context::Context {
+    context::with_timeout(timeout.as_nanos() as i64)
+}
+
+/// brig-vmm's configuration (the JSON of `brig-vmm --config`).
+pub fn vm_config(config: &Config, dir: &Path, size: Size, rootfs_image: &Path) -> serde_json::Value {
+    json!({
+        "machine": {"vcpus": size.vcpus, "memory_mib": size.memory_mib},
+        "boot": {"kernel": config.kernel, "initramfs": config.initramfs},
+        "console": dir.join("console.log"),
+        "vsock": {"guest_cid": GUEST_CID, "uds_path": dir.join("vsock.sock")},
+        "block": [{"path": rootfs_image, "read_only": true, "serial": ROOTFS_SERIAL}],
+        "rng": true,
+        "api_socket": dir.join("api.sock"),
+    })
+}
+
+/// The last lines of the guest console, for error messages.
+pub fn console_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+impl Sandbox {
+    /// Starts brig-vmm in `dir` and waits for the agent.
+    pub async fn start(config: &Config, dir: &Path, size: Size, rootfs_image: &Path) -> Result<Arc<Sandbox>, ShimError> {
+        let vm_json = dir.join("vm.json");
+        let body = serde_json::to_vec_pretty(&vm_config(config, dir, size, rootfs_image))
+            .map_err(|e| ShimError::Internal(format!("encoding vm.json: {e}")))?;
+        std::fs::write(&vm_json, body).map_err(ShimError::io("writing vm.json"))?;
+        let log = std::fs::File::create(dir.join("vmm.log")).map_err(ShimError::io("creating vmm.log"))?;
+        let mut child = tokio::process::Command::new(&config.vmm)
+            .arg("--config")
+            .arg(&vm_json)
+            .args(["--log-level", &config.log_level])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(ShimError::io(format!("starting {}", config.vmm.display())))?;
+        let vmm_pid = child.id().unwrap_or(0);
+        std::fs::write(dir.join("vmm.pid"), vmm_pid.to_string()).map_err(ShimError::io("writing vmm.pid"))?;
+
+        let (tx, exited) = watch::channel(None);
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => status.code().unwrap_or(128 + status_signal(&status)),
+                Err(_) => 255,
+            };
+            let _ = tx.send(Some(code));
+        });
+
+        let vsock = dir.join("vsock.sock");
+        let deadline = Instant::now() + Duration::from_secs(config.agent_timeout_secs);
+        let agent = loop {
+            if let Some(code) = *exited.borrow() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "brig-vmm exited ({code}) before the guest agent answered: {}\nconsole:\n{}",
+                    std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default().trim(),
+                    console_tail(dir)
+                )));
+            }
+            if Instant::now() > deadline {
+                kill(vmm_pid);
+                return Err(ShimError::FailedPrecondition(format!(
+                    "the guest agent did not answer within {}s (agent_timeout_secs); console:\n{}",
+                    config.agent_timeout_secs,
+                    console_tail(dir)
+                )));
+            }
+            if let Ok(agent) = connect_agent(&vsock).await {
+                break agent;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let sandbox = Sandbox {
+            dir: dir.to_path_buf(),
+            vmm_pid,
+            agent,
+            vsock,
+            exited,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        };
+        Ok(Arc::new(sandbox))
+    }
+
+    /// brig-vmm's exit code, once it has exited.
+    pub fn exit_code(&self) -> Option<i32> {
+        *self.exited.borrow()
+    }
+
+    /// Waits until brig-vmm exits.
+    pub async fn wait_exit(&self) -> i32 {
+        let mut exited = self.exited.clone();
+        loop {
+            if let Some(code) = *exited.borrow_and_update() {
+                return code;
+            }
+            if exited.changed().await.is_err() {
+                return 255;
+            }
+        }
+    }
+
+    /// Whether [`Sandbox::stop`] has begun (an exit after that is expected).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Opens one stdio stream of a guest process (blocking socket, for copy threads).
+    pub async fn attach(&self, container_id: &str, exec_id: &str, stream: Stream) -> Result<StdUnixStream, ShimError> {
+        let vsock = self.vsock.clone();
+        let header = Header { container_id: container_id.into(), exec_id: exec_id.into(), stream };
+        tokio::task::spawn_blocking(move || attach_blocking(&vsock, &header))
+            .await
+            .map_err(|e| ShimError::Internal(format!("attach task: {e}")))?
+    }
+
+    /// Powers the guest off through the agent, then makes sure brig-vmm is gone.
+    pub async fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        if self.exit_code().is_none() {
+            let request = brig_protocol::agent::ShutdownRequest::new();
+            let shutdown = self.agent.shutdown(ctx(Duration::from_secs(2)), &request);
+            let _ = tokio::time::timeout(Duration::from_secs(3), shutdown).await;
+            if tokio::time::timeout(STOP_GRACE, self.wait_exit()).await.is_err() {
+                kill(self.vmm_pid);
+                let _ = tokio::time::timeout(STOP_GRACE, self.wait_exit()).await;
+            }
+        }
+        // A killed VMM cannot remove its sockets.
+        for name in ["vsock.sock", "api.sock"] {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+    }
+}
+
+fn status_signal(status: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().unwrap_or(0)
+}
+
+/// SIGKILLs a brig-vmm process.
+pub fn kill(pid: u32) {
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Kills the brig-vmm recorded in `dir/vmm.pid`, if that pid is still a brig-vmm
+/// (containerd's `shim delete` after the shim itself died).
+pub fn kill_recorded(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join("vmm.pid")).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    if !String::from_utf8_lossy(argv0).ends_with("brig-vmm") {
+        return None;
+    }
+    kill(pid);
+    Some(pid)
+}
+
+/// Hybrid vsock handshake, then a ttrpc client; checks the agent's API version.
+async fn connect_agent(vsock: &Path) -> Result<AgentClient, ShimError> {
+    let mut stream = UnixStream::connect(vsock).await.map_err(ShimError::io("connecting to the VM"))?;
+    handshake(&mut stream, AGENT_VSOCK_PORT).await?;
+    let client = AgentClient::new(brig_protocol::ttrpc::asynchronous::Client::new(Socket::from(stream)));
+    let pong = client.ping(ctx(Duration::from_secs(5)), &PingRequest::new()).await?;
+    if pong.api_major != API_MAJOR || pong.api_minor < API_MINOR {
+        return Err(ShimError::FailedPrecondition(format!(
+            "the guest agent speaks API {}.{}, this shim needs {API_MAJOR}.{API_MINOR}: install matching brig artifacts",
+            pong.api_major, pong.api_minor
+        )));
+    }
+    Ok(client)
+}
+
+async fn handshake(stream: &mut UnixStream, port: u32) -> Result<(), ShimError> {
+    stream.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(ShimError::io("vsock handshake"))?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while reply.last() != Some(&b'\n') {
+        if stream.read(&mut byte).await.map_err(ShimError::io("vsock handshake"))? == 0 || reply.len() > 32 {
+            return Err(ShimError::FailedPrecondition(format!("guest port {port} is not listening yet")));
+        }
+        reply.push(byte[0]);
+    }
+    if !reply.starts_with(b"OK ") {
+        return Err(ShimError::FailedPrecondition(format!("unexpected vsock handshake {:?}", String::from_utf8_lossy(&reply))));
+    }
+    Ok(())
+}
+
+fn attach_blocking(vsock: &Path, header: &Header) -> Result<StdUnixStream, ShimError> {
+    let io = |what: &str| ShimError::io(format!("{what} {}", header.stream.as_str()));
+    let mut conn = StdUnixStream::connect(vsock).map_err(io("connecting stdio"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("stdio timeout"))?;
+    conn.write_all(format!("CONNECT {STDIO_VSOCK_PORT}\n").as_bytes()).map_err(io("stdio handshake"))?;
+    let vmm_reply = read_line(&mut conn).map_err(io("stdio handshake"))?;
+    if !vmm_reply.starts_with("OK ") {
+        return Err(ShimError::FailedPrecondition(format!("the guest stdio port is not reachable: {vmm_reply:?}")));
+    }
+    conn.write_all(header.to_string().as_bytes()).map_err(io("stdio header"))?;
+    let agent_reply = read_line(&mut conn).map_err(io("stdio header"))?;
+    if agent_reply != "OK" {
+        return Err(ShimError::FailedPrecondition(format!("attaching {}: {agent_reply}", header.stream.as_str())));
+    }
+    conn.set_read_timeout(None).map_err(io("stdio timeout"))?;
+    Ok(conn)
+}
+
+fn read_line(conn: &mut StdUnixStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 512 {
+        if conn.read(&mut byte)? == 0 {
+            break;
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vm_gets_the_rootfs_read_only_and_its_own_sockets() {
+        let config = Config::default();
+        let value = vm_config(&config, Path::new("/run/brig/x"), Size { vcpus: 2, memory_mib: 192 }, Path::new("/img"));
+        assert_eq!(value["machine"], json!({"vcpus": 2, "memory_mib": 192}));
+        assert_eq!(value["block"][0], json!({"path": "/img", "read_only": true, "serial": "rootfs"}));
+        assert_eq!(value["vsock"]["uds_path"], json!("/run/brig/x/vsock.sock"));
+        assert_eq!(value["api_socket"], json!("/run/brig/x/api.sock"));
+    }
+
+    #[test]
+    fn only_a_brig_vmm_is_killed_from_a_pid_file() {
+        let dir = std::env::temp_dir().join(format!("brig-shim-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Our own pid is alive but not brig-vmm: it must be left alone.
+        std::fs::write(dir.join("vmm.pid"), std::process::id().to_string()).expect("pid");
+        assert_eq!(kill_recorded(&dir), None);
+        std::fs::write(dir.join("vmm.pid"), "not a pid").expect("pid");
+        assert_eq!(kill_recorded(&dir), None);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

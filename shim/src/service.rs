@@ -1,0 +1,73 @@
+//! The shim binary's lifecycle with containerd: `start` (spawn the long-running
+//! shim server and print its address), `delete` (clean up after a shim that
+//! died), and the server itself.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::{Config as ShimConfig, Error, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+
+use crate::config::Config;
+use crate::task::{task_dir, TaskService};
+use crate::{image, sandbox};
+
+/// Exit status reported for a task whose shim died (its VM is killed).
+const KILLED_STATUS: u32 = 128 + 9;
+
+#[derive(Clone)]
+pub struct Service {
+    exit: Arc<ExitSignal>,
+    id: String,
+    namespace: String,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("id", &self.id).field("namespace", &self.namespace).finish()
+    }
+}
+
+#[async_trait]
+impl Shim for Service {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
+        // brig-vmm is the shim's only child, waited for by tokio: no blanket reaping.
+        config.no_reaper = true;
+        Service { exit: Arc::new(ExitSignal::default()), id: args.id.clone(), namespace: args.namespace.clone() }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        // One shim (and one VM) per task.
+        let grouping = opts.id.clone();
+        spawn(opts, &grouping, Vec::new()).await
+    }
+
+    /// containerd's `shim delete`, run after the shim server died: kill its VM, unmount
+    /// the rootfs, remove the task's state.
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        let config = Config::load().unwrap_or_default();
+        let dir = task_dir(&config, &self.namespace, &self.id);
+        if let Some(pid) = sandbox::kill_recorded(&dir) {
+            log::warn!("killed brig-vmm {pid} left behind by the shim of {}", self.id);
+        }
+        if let Ok(bundle) = std::env::current_dir() {
+            image::unmount_rootfs(&bundle);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let exited_at = containerd_shim::util::timestamp().ok();
+        Ok(DeleteResponse { exit_status: KILLED_STATUS, exited_at: exited_at.into(), ..Default::default() })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        let config = Config::load().map_err(|e| e.to_string());
+        TaskService::new(config, &self.namespace, publisher, self.exit.clone())
+    }
+}

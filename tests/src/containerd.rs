@@ -1,0 +1,175 @@
+//! A real containerd (Debian's 1.6) for shim tests, inside kvm-host: its own
+//! config, root and sockets under a scratch directory, the busybox test image
+//! imported, brig installed with `cargo xtask install --no-build`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::scratch::Scratch;
+
+/// The image the shim tests run (xtask/src/artifacts.rs builds and names it).
+pub const IMAGE: &str = "docker.io/library/brig-busybox:latest";
+pub const RUNTIME: &str = "io.containerd.brig.v2";
+
+#[derive(Debug)]
+pub struct Containerd {
+    child: Child,
+    pub dir: Scratch,
+    pub address: PathBuf,
+}
+
+/// Installs brig into the (test host's) system paths, as a user would.
+pub fn install_brig() {
+    let out = Command::new(crate::artifact("BRIG_XTASK_BIN")).args(["install", "--no-build"]).output().expect("xtask install");
+    assert!(out.status.success(), "install failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+impl Containerd {
+    /// Starts containerd and imports the test image.
+    pub fn start() -> Containerd {
+        install_brig();
+        let dir = Scratch::new("containerd");
+        let address = dir.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{address}\"\n[ttrpc]\n  address = \"{address}.ttrpc\"\n",
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            address = address.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).expect("containerd config");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("containerd is installed (apt-get install containerd; cargo xtask test does)");
+        let mut containerd = Containerd { child, dir, address };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while containerd.ctr(&["version"]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "containerd did not come up:\n{}", containerd.log());
+            if let Ok(Some(status)) = containerd.child.try_wait() {
+                panic!("containerd exited ({status}):\n{}", containerd.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let image = crate::artifact("BRIG_OCI_IMAGE");
+        let out = containerd.ctr(&["image", "import", &image.to_string_lossy()]);
+        assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
+        containerd
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A `ctr` command against this containerd.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.address).args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("ctr runs")
+    }
+
+    /// `ctr run --rm --runtime io.containerd.brig.v2 IMAGE ID ARGS…`.
+    pub fn run(&self, id: &str, args: &[&str]) -> Output {
+        let mut all = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Snapshot mounts under root/ would keep the scratch directory busy.
+        for line in std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines() {
+            if let Some(target) = line.split(' ').nth(1).filter(|t| t.starts_with(&*self.dir.path().to_string_lossy())) {
+                let _ = nix::mount::umount2(Path::new(target), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+/// What a finished test must not leave behind (brig's and containerd's leftovers).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub vmm_processes: Vec<String>,
+    pub shim_processes: Vec<String>,
+    pub task_dirs: Vec<String>,
+    pub rootfs_mounts: Vec<String>,
+    pub private_images: Vec<String>,
+}
+
+/// Everything of brig still around right now.
+pub fn leftovers() -> Leftovers {
+    let mut found = Leftovers::default();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+        if argv0.ends_with("brig-vmm") {
+            found.vmm_processes.push(format!("{} {argv0}", entry.file_name().to_string_lossy()));
+        }
+        if argv0.ends_with("containerd-shim-brig-v2") {
+            found.shim_processes.push(format!("{} {argv0}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found.task_dirs = std::fs::read_dir("/run/brig")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().display().to_string())
+        .collect();
+    found.rootfs_mounts = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("io.containerd.runtime.v2.task") && l.contains("/rootfs "))
+        .map(str::to_owned)
+        .collect();
+    found.private_images = std::fs::read_dir("/var/lib/brig/images")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    found
+}
+
+/// Waits (a few seconds: shims exit asynchronously) until nothing of brig is left.
+pub fn assert_no_leftovers(context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = leftovers();
+        if found == Leftovers::default() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{context}: left behind {found:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The rootfs images in brig's cache.
+pub fn cached_images() -> Vec<String> {
+    std::fs::read_dir("/var/lib/brig/images")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ext4"))
+        .collect()
+}
