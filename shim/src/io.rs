@@ -1,17 +1,22 @@
 //! containerd's stdio (FIFOs or files named in the task request) joined to the
 //! guest process's streams on the agent's stdio port.
 //!
-//! Each direction is a blocking copy on tokio's blocking pool: opening a FIFO
-//! blocks until containerd's side opens it, which must not stall the task API.
+//! Each direction is a plain thread doing blocking copies: opening a FIFO blocks until
+//! containerd's side opens it, which must not stall the task API, and a thread stuck
+//! in a read must not keep the shim from exiting (tokio's blocking pool would: the
+//! runtime waits for its tasks when it shuts down).
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use brig_protocol::stdio::Stream;
-use tokio::task::JoinHandle;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::sync::oneshot;
 
 use crate::error::ShimError;
 use crate::sandbox::Sandbox;
@@ -41,7 +46,7 @@ impl StdioPaths {
 /// Running copies for one process.
 #[derive(Debug, Default)]
 pub struct Copies {
-    outputs: Vec<JoinHandle<()>>,
+    outputs: Vec<oneshot::Receiver<()>>,
 }
 
 impl Copies {
@@ -49,17 +54,27 @@ impl Copies {
     /// exit event goes out after the last output byte, as containerd expects.
     pub async fn drain(&mut self, timeout: Duration) {
         let outputs = std::mem::take(&mut self.outputs);
-        let all = futures_join(outputs);
+        let all = async {
+            for done in outputs {
+                let _ = done.await;
+            }
+        };
         if tokio::time::timeout(timeout, all).await.is_err() {
             log::warn!("output still open {timeout:?} after the process exited; not waiting longer");
         }
     }
 }
 
-async fn futures_join(handles: Vec<JoinHandle<()>>) {
-    for handle in handles {
-        let _ = handle.await;
-    }
+fn spawn_copy(name: &str, copy: impl FnOnce() + Send + 'static) -> Result<oneshot::Receiver<()>, ShimError> {
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            copy();
+            let _ = done.send(());
+        })
+        .map_err(ShimError::io(format!("starting the {name} thread")))?;
+    Ok(finished)
 }
 
 /// Attaches every wanted stream of a process and starts copying.
@@ -70,7 +85,7 @@ pub async fn attach(sandbox: &Sandbox, container_id: &str, exec_id: &str, paths:
         let conn = sandbox.attach(container_id, exec_id, Stream::Stdin).await?;
         let path = paths.stdin.clone();
         // Not waited for: stdin ends when containerd closes it, or with the process.
-        tokio::task::spawn_blocking(move || copy_in(&path, conn));
+        spawn_copy("stdin", move || copy_in(&path, conn))?;
     }
     for (stream, path, want) in [(Stream::Stdout, &paths.stdout, wanted.stdout), (Stream::Stderr, &paths.stderr, wanted.stderr)] {
         if !want {
@@ -78,18 +93,60 @@ pub async fn attach(sandbox: &Sandbox, container_id: &str, exec_id: &str, paths:
         }
         let conn = sandbox.attach(container_id, exec_id, stream).await?;
         let path = path.clone();
-        copies.outputs.push(tokio::task::spawn_blocking(move || copy_out(conn, &path)));
+        copies.outputs.push(spawn_copy("output", move || copy_out(conn, &path))?);
     }
     Ok(copies)
 }
 
-/// containerd's stdin → the process. Ends the process's stdin when containerd closes.
+/// containerd's stdin → the process. Ends the process's stdin when containerd's writer
+/// closes, and stops when the process's side goes away.
+///
+/// The FIFO is opened non-blocking: containerd may already have written and closed it
+/// (`ctr run` with stdin at /dev/null), and a blocking open would then wait forever.
+/// Linux reports POLLHUP on a FIFO only once a writer has come and gone, so polling
+/// tells "no writer yet" from "writer finished".
 fn copy_in(path: &str, mut conn: UnixStream) {
-    match File::open(path) {
-        Ok(mut fifo) => {
-            let _ = pump(&mut fifo, &mut conn);
+    let mut fifo = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(fifo) => fifo,
+        Err(e) => {
+            log::warn!("cannot open stdin {path}: {e}");
+            let _ = conn.shutdown(Shutdown::Write);
+            return;
         }
-        Err(e) => log::warn!("cannot open stdin {path}: {e}"),
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let (input, guest) = {
+            let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN), PollFd::new(conn.as_fd(), PollFlags::from_bits_retain(libc::POLLRDHUP))];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => (fds[0].revents().unwrap_or(PollFlags::empty()), fds[1].revents().unwrap_or(PollFlags::empty())),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("polling stdin: {e}");
+                    break;
+                }
+            }
+        };
+        if !guest.is_empty() {
+            // The process's stdin is gone (it exited, or closed it).
+            break;
+        }
+        if input.is_empty() {
+            continue;
+        }
+        match fifo.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => {}
+            Err(e) => {
+                log::warn!("reading stdin {path}: {e}");
+                break;
+            }
+        }
     }
     let _ = conn.shutdown(Shutdown::Write);
 }

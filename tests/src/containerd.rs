@@ -34,6 +34,7 @@ impl Containerd {
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
              disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [debug]\n  level = \"debug\"\n\
              [grpc]\n  address = \"{address}\"\n[ttrpc]\n  address = \"{address}.ttrpc\"\n",
             root = dir.join("root").display(),
             state = dir.join("state").display(),
@@ -105,6 +106,15 @@ impl Drop for Containerd {
     }
 }
 
+impl Containerd {
+    /// [`assert_no_leftovers`], with containerd's log (it holds the shims' logs) on failure.
+    pub fn assert_no_leftovers(&self, context: &str) {
+        if let Err(found) = wait_for_no_leftovers() {
+            panic!("{context}: left behind {found:#?}\ncontainerd's log:\n{}", self.log());
+        }
+    }
+}
+
 /// What a finished test must not leave behind (brig's and containerd's leftovers).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Leftovers {
@@ -152,13 +162,21 @@ pub fn leftovers() -> Leftovers {
 
 /// Waits (a few seconds: shims exit asynchronously) until nothing of brig is left.
 pub fn assert_no_leftovers(context: &str) {
+    if let Err(found) = wait_for_no_leftovers() {
+        panic!("{context}: left behind {found:#?}");
+    }
+}
+
+fn wait_for_no_leftovers() -> Result<(), Leftovers> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let found = leftovers();
         if found == Leftovers::default() {
-            return;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "{context}: left behind {found:#?}");
+        if Instant::now() > deadline {
+            return Err(found);
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
