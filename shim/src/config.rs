@@ -131,7 +131,10 @@ mod tests {
         let path = dir.join("config.toml");
         std::fs::write(&path, "defualt_vcpus = 2\n").expect("write");
         let err = Config::from_file(&path).expect_err("typo");
-        assert!(err.to_string().contains("config.toml is not valid") && err.to_string().contains("defualt_vcpus"), "{err}");
+        assert!(
+            err.to_string().contains("config.toml is not valid") && err.to_string().contains("defualt_vcpus"),
+            "{err}"
+        );
         std::fs::write(&path, "default_vcpus = 0\n").expect("write");
         assert!(Config::from_file(&path).expect_err("zero").to_string().contains("at least 1"));
         std::fs::remove_dir_all(&dir).expect("cleanup");

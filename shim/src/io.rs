@@ -78,7 +78,12 @@ fn spawn_copy(name: &str, copy: impl FnOnce() + Send + 'static) -> Result<onesho
 }
 
 /// Attaches every wanted stream of a process and starts copying.
-pub async fn attach(sandbox: &Sandbox, container_id: &str, exec_id: &str, paths: &StdioPaths) -> Result<Copies, ShimError> {
+pub async fn attach(
+    sandbox: &Sandbox,
+    container_id: &str,
+    exec_id: &str,
+    paths: &StdioPaths,
+) -> Result<Copies, ShimError> {
     let mut copies = Copies::default();
     let wanted = paths.agent_stdio();
     if wanted.stdin {
@@ -87,7 +92,9 @@ pub async fn attach(sandbox: &Sandbox, container_id: &str, exec_id: &str, paths:
         // Not waited for: stdin ends when containerd closes it, or with the process.
         spawn_copy("stdin", move || copy_in(&path, conn))?;
     }
-    for (stream, path, want) in [(Stream::Stdout, &paths.stdout, wanted.stdout), (Stream::Stderr, &paths.stderr, wanted.stderr)] {
+    for (stream, path, want) in
+        [(Stream::Stdout, &paths.stdout, wanted.stdout), (Stream::Stderr, &paths.stderr, wanted.stderr)]
+    {
         if !want {
             continue;
         }
@@ -117,9 +124,14 @@ fn copy_in(path: &str, mut conn: UnixStream) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let (input, guest) = {
-            let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN), PollFd::new(conn.as_fd(), PollFlags::from_bits_retain(libc::POLLRDHUP))];
+            let mut fds = [
+                PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
+                PollFd::new(conn.as_fd(), PollFlags::from_bits_retain(libc::POLLRDHUP)),
+            ];
             match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => (fds[0].revents().unwrap_or(PollFlags::empty()), fds[1].revents().unwrap_or(PollFlags::empty())),
+                Ok(_) => {
+                    (fds[0].revents().unwrap_or(PollFlags::empty()), fds[1].revents().unwrap_or(PollFlags::empty()))
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     log::warn!("polling stdin: {e}");

@@ -82,7 +82,12 @@ pub fn console_tail(dir: &Path) -> String {
 
 impl Sandbox {
     /// Starts brig-vmm in `dir` and waits for the agent.
-    pub async fn start(config: &Config, dir: &Path, size: Size, rootfs_image: &Path) -> Result<Arc<Sandbox>, ShimError> {
+    pub async fn start(
+        config: &Config,
+        dir: &Path,
+        size: Size,
+        rootfs_image: &Path,
+    ) -> Result<Arc<Sandbox>, ShimError> {
         let vm_json = dir.join("vm.json");
         let body = serde_json::to_vec_pretty(&vm_config(config, dir, size, rootfs_image))
             .map_err(|e| ShimError::Internal(format!("encoding vm.json: {e}")))?;
@@ -246,7 +251,10 @@ async fn handshake(stream: &mut UnixStream, port: u32) -> Result<(), ShimError> 
         reply.push(byte[0]);
     }
     if !reply.starts_with(b"OK ") {
-        return Err(ShimError::FailedPrecondition(format!("unexpected vsock handshake {:?}", String::from_utf8_lossy(&reply))));
+        return Err(ShimError::FailedPrecondition(format!(
+            "unexpected vsock handshake {:?}",
+            String::from_utf8_lossy(&reply)
+        )));
     }
     Ok(())
 }

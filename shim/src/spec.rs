@@ -29,7 +29,10 @@ pub fn guest_spec(bundle: &Path) -> Result<(Vec<u8>, Value), ShimError> {
     }
     for mount in spec.get("mounts").and_then(Value::as_array).into_iter().flatten() {
         let bind = mount.get("type").and_then(Value::as_str) == Some("bind")
-            || mount.get("options").and_then(Value::as_array).is_some_and(|o| o.iter().any(|v| v == "bind" || v == "rbind"));
+            || mount
+                .get("options")
+                .and_then(Value::as_array)
+                .is_some_and(|o| o.iter().any(|v| v == "bind" || v == "rbind"));
         let source = mount.get("source").and_then(Value::as_str).unwrap_or_default();
         if bind && source.starts_with('/') {
             let destination = mount.get("destination").and_then(Value::as_str).unwrap_or_default();
@@ -107,7 +110,8 @@ mod tests {
         std::fs::write(dir.join("config.json"), spec.to_string()).expect("write");
         let (_, guest) = guest_spec(&dir).expect("fit");
         assert!(guest.get("hooks").is_none() && guest["linux"].get("cgroupsPath").is_none());
-        let with_bind = json!({"mounts": [{"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]}]});
+        let with_bind =
+            json!({"mounts": [{"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]}]});
         std::fs::write(dir.join("config.json"), with_bind.to_string()).expect("write");
         let err = guest_spec(&dir).expect_err("host bind");
         assert!(err.to_string().contains("/srv/data"), "{err}");

@@ -16,7 +16,8 @@ use brig_protocol::ttrpc::context as agent_context;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -176,7 +177,12 @@ struct Inner {
 }
 
 impl TaskService {
-    pub fn new(config: Result<Config, String>, namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        config: Result<Config, String>,
+        namespace: &str,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
         TaskService {
             inner: Arc::new(Inner {
                 config,
@@ -374,9 +380,10 @@ impl TaskService {
         }
         let key = image::cache_key(&req.rootfs);
         let (image_dir, private) = (config.image_dir.clone(), dir.to_path_buf());
-        let rootfs_image = tokio::task::spawn_blocking(move || image::prepare(&rootfs, key.as_deref(), &image_dir, &private))
-            .await
-            .map_err(|e| ShimError::Internal(format!("image task: {e}")))??;
+        let rootfs_image =
+            tokio::task::spawn_blocking(move || image::prepare(&rootfs, key.as_ref(), &image_dir, &private))
+                .await
+                .map_err(|e| ShimError::Internal(format!("image task: {e}")))??;
         undo.image = Some(rootfs_image.clone());
         let sandbox = Sandbox::start(config, dir, spec::vm_size(spec, config), &rootfs_image.path).await?;
         undo.sandbox = Some(sandbox.clone());
@@ -565,7 +572,8 @@ fn to_metrics(stats: &agent_api::StatsContainerResponse) -> cg::Metrics {
         file: stats.memory.file_bytes,
         ..Default::default()
     };
-    let events = cg::MemoryEvents { oom: stats.memory.oom_events, oom_kill: stats.memory.oom_kill_events, ..Default::default() };
+    let events =
+        cg::MemoryEvents { oom: stats.memory.oom_events, oom_kill: stats.memory.oom_kill_events, ..Default::default() };
     let pids = cg::PidsStat { current: stats.pids.current, limit: stats.pids.limit, ..Default::default() };
     let io = cg::IOStat {
         usage: stats
@@ -668,7 +676,9 @@ impl TaskApi for TaskService {
         let request = agent_api::PauseContainerRequest { container_id: req.id.clone(), ..Default::default() };
         container.sandbox.agent.pause_container(call_timeout(), &request).await.map_err(ShimError::from)?;
         *lock(&container.state) = State::Paused;
-        self.inner.publish(TASK_PAUSED_EVENT_TOPIC, Box::new(TaskPaused { container_id: req.id, ..Default::default() })).await;
+        self.inner
+            .publish(TASK_PAUSED_EVENT_TOPIC, Box::new(TaskPaused { container_id: req.id, ..Default::default() }))
+            .await;
         Ok(api::Empty::new())
     }
 
@@ -677,7 +687,9 @@ impl TaskApi for TaskService {
         let request = agent_api::ResumeContainerRequest { container_id: req.id.clone(), ..Default::default() };
         container.sandbox.agent.resume_container(call_timeout(), &request).await.map_err(ShimError::from)?;
         *lock(&container.state) = State::Running;
-        self.inner.publish(TASK_RESUMED_EVENT_TOPIC, Box::new(TaskResumed { container_id: req.id, ..Default::default() })).await;
+        self.inner
+            .publish(TASK_RESUMED_EVENT_TOPIC, Box::new(TaskResumed { container_id: req.id, ..Default::default() }))
+            .await;
         Ok(api::Empty::new())
     }
 
@@ -697,7 +709,8 @@ impl TaskApi for TaskService {
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         let container = self.inner.container(&req.id).await?;
         if req.stdin {
-            let request = agent_api::CloseStdinRequest { container_id: req.id, exec_id: req.exec_id, ..Default::default() };
+            let request =
+                agent_api::CloseStdinRequest { container_id: req.id, exec_id: req.exec_id, ..Default::default() };
             container.sandbox.agent.close_stdin(call_timeout(), &request).await.map_err(ShimError::from)?;
         }
         Ok(api::Empty::new())
@@ -761,7 +774,13 @@ mod tests {
     fn guest_stats_become_cgroup_v2_metrics() {
         let stats = agent_api::StatsContainerResponse {
             cpu: Some(agent_api::CpuStats { usage_usec: 42, ..Default::default() }).into(),
-            memory: Some(agent_api::MemoryStats { usage_bytes: 1 << 20, limit_bytes: 32 << 20, oom_kill_events: 1, ..Default::default() }).into(),
+            memory: Some(agent_api::MemoryStats {
+                usage_bytes: 1 << 20,
+                limit_bytes: 32 << 20,
+                oom_kill_events: 1,
+                ..Default::default()
+            })
+            .into(),
             pids: Some(agent_api::PidsStats { current: 3, limit: 64, ..Default::default() }).into(),
             ..Default::default()
         };

@@ -21,8 +21,16 @@ pub struct Containerd {
 
 /// Installs brig into the (test host's) system paths, as a user would.
 pub fn install_brig() {
-    let out = Command::new(crate::artifact("BRIG_XTASK_BIN")).args(["install", "--no-build"]).output().expect("xtask install");
-    assert!(out.status.success(), "install failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(crate::artifact("BRIG_XTASK_BIN"))
+        .args(["install", "--no-build"])
+        .output()
+        .expect("xtask install");
+    assert!(
+        out.status.success(),
+        "install failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Containerd {
@@ -82,15 +90,103 @@ impl Containerd {
 
     /// `ctr run --rm --runtime io.containerd.brig.v2 IMAGE ID ARGS…`.
     pub fn run(&self, id: &str, args: &[&str]) -> Output {
-        let mut all = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];
+        self.run_with(&["--rm"], id, args)
+    }
+
+    /// `ctr run OPTIONS… --runtime io.containerd.brig.v2 IMAGE ID ARGS…`.
+    pub fn run_with(&self, options: &[&str], id: &str, args: &[&str]) -> Output {
+        self.run_command(options, id, args).output().expect("ctr runs")
+    }
+
+    /// The `ctr run` command of [`Containerd::run_with`], to spawn.
+    pub fn run_command(&self, options: &[&str], id: &str, args: &[&str]) -> Command {
+        let mut all = vec!["run"];
+        all.extend_from_slice(options);
+        all.extend_from_slice(&["--runtime", RUNTIME, IMAGE, id]);
         all.extend_from_slice(args);
-        self.ctr(&all)
+        self.command(&all)
+    }
+
+    /// A task's `PID` and `STATUS` columns from `ctr task ls`.
+    pub fn task(&self, id: &str) -> Option<(u32, String)> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            match cols[..] {
+                [task, pid, status] if task == id => Some((pid.parse().ok()?, status.to_owned())),
+                _ => None,
+            }
+        })
+    }
+
+    /// Waits until `ctr task ls` shows the task with `status` (e.g. `RUNNING`).
+    pub fn wait_for_status(&self, id: &str, status: &str) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.task(id) {
+                Some((pid, s)) if s == status => return pid,
+                other => {
+                    assert!(Instant::now() < deadline, "task {id} is not {status} after 60s: {other:?}\n{}", self.log())
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ctr run -t`: the command on a terminal of `rows`×`cols`, fed `input`; returns
+    /// ctr's exit code and everything the terminal showed.
+    pub fn run_in_terminal(
+        &self,
+        id: &str,
+        args: &[&str],
+        input: &[u8],
+        rows: u16,
+        cols: u16,
+    ) -> (Option<i32>, String) {
+        use std::io::{Read, Write};
+        let size = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let slave = std::fs::File::from(pty.slave);
+        let mut cmd = self.run_command(&["--rm", "-t"], id, args);
+        cmd.stdin(slave.try_clone().expect("pty")).stdout(slave.try_clone().expect("pty")).stderr(slave);
+        let mut child = cmd.spawn().expect("ctr runs");
+        drop(cmd);
+        let mut master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().expect("pty");
+        let output = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            // EIO: every slave descriptor is closed (ctr exited).
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        // Typed once the shell is up: a terminal echoes what it is given.
+        self.wait_for_status(id, "RUNNING");
+        master.write_all(input).expect("type into the terminal");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait ctr") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "ctr run -t did not finish\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        drop(master);
+        (status.code(), output.join().expect("terminal reader"))
     }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(50));
@@ -99,7 +195,8 @@ impl Drop for Containerd {
         let _ = self.child.wait();
         // Snapshot mounts under root/ would keep the scratch directory busy.
         for line in std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines() {
-            if let Some(target) = line.split(' ').nth(1).filter(|t| t.starts_with(&*self.dir.path().to_string_lossy())) {
+            if let Some(target) = line.split(' ').nth(1).filter(|t| t.starts_with(&*self.dir.path().to_string_lossy()))
+            {
                 let _ = nix::mount::umount2(Path::new(target), nix::mount::MntFlags::MNT_DETACH);
             }
         }
@@ -113,6 +210,18 @@ impl Containerd {
             panic!("{context}: left behind {found:#?}\ncontainerd's log:\n{}", self.log());
         }
     }
+}
+
+/// The pid of the shim serving task `id` (its command line has `-id ID`).
+pub fn shim_pid(id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim = argv.first()?.ends_with(b"containerd-shim-brig-v2");
+        let serves = argv.windows(2).any(|w| w[0] == b"-id" && w[1] == id.as_bytes());
+        (is_shim && serves).then_some(pid)
+    })
 }
 
 /// What a finished test must not leave behind (brig's and containerd's leftovers).

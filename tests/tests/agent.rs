@@ -95,25 +95,49 @@ fn ten_mib_of_binary_data_echo_through_stdin_and_stdout_intact() {
 
 #[test]
 #[ignore = "needs kvm-host: run with `cargo xtask test`"]
-fn a_terminal_resize_is_seen_by_stty() {
+fn a_terminal_is_the_containers_own_pty_and_resizes() {
     brig_tests::require_kvm_host();
     let mut vm = AgentVm::start();
-    let mut spec = default_spec(&["sh", "-c", "stty size; tty"]);
+    // The pty comes from the container's devpts (as runc makes it): `tty` names it, and
+    // /dev/console is the same device.
+    let report = "stty size; tty; stat -L -c %t:%T /dev/console /proc/self/fd/0";
+    let mut spec = default_spec(&["sh", "-c", &format!("{report}; read line; echo got $line")]);
     spec["process"]["terminal"] = json!(true);
     let stdio = Stdio { stdin: true, stdout: true, terminal: true, ..Default::default() };
     vm.create("tty", &spec, stdio).expect("create");
     let resize = ResizePtyRequest { container_id: "tty".into(), width: 123, height: 45, ..Default::default() };
     vm.agent.resize_pty(ctx(), &resize).expect("resize");
+    let mut input = vm.attach("tty", "", Stream::Stdin).expect("stdin");
     let mut output = vm.attach("tty", "", Stream::Stdout).expect("stdout");
     vm.start_container("tty").expect("start");
+
+    // An exec'd process gets a pty of its own from the same devpts.
+    let mut exec = process(&["tty"]);
+    exec["terminal"] = json!(true);
+    let request = ExecProcessRequest {
+        container_id: "tty".into(),
+        exec_id: "t2".into(),
+        process: serde_json::to_vec(&exec).expect("json"),
+        stdio: Some(Stdio { stdout: true, terminal: true, ..Default::default() }).into(),
+        ..Default::default()
+    };
+    vm.agent.exec_process(ctx(), &request).expect("exec with a terminal");
+    let mut exec_out = String::new();
+    vm.attach("tty", "t2", Stream::Stdout).expect("attach").read_to_string(&mut exec_out).expect("read");
+    assert_eq!(exec_out.replace('\r', ""), "/dev/pts/1\n");
+    assert_eq!(vm.wait("tty", "t2").expect("wait").exit_code, 0);
+
+    input.write_all(b"typed\n").expect("type");
     let exit = vm.wait("tty", "").expect("wait");
     let mut text = Vec::new();
     output.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let _ = output.read_to_end(&mut text);
     let text = String::from_utf8_lossy(&text).replace('\r', "");
     assert_eq!(exit.exit_code, 0, "{text}");
-    assert!(text.starts_with("45 123\n"), "stty size sees the resize: {text:?}");
-    assert!(text.contains("/dev/console") || text.contains("/dev/pts/"), "stdin is a terminal: {text:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..3], ["45 123", "/dev/pts/0", "88:0"], "stty sees the resize; tty names the pty: {text:?}");
+    assert_eq!(lines[3], "88:0", "/dev/console is the container's pty: {text:?}");
+    assert!(text.contains("got typed"), "input reaches the process through the pty: {text:?}");
     vm.remove("tty").expect("remove");
 }
 

@@ -74,7 +74,19 @@ pub fn build() -> Result<Artifacts> {
     image::oci_image_layout(&out.join("test-rootfs"), &oci_image, OCI_IMAGE_REF)?;
     cargo::run(
         "build brig-vmm and the shim",
-        &["build", "--release", "--quiet", "-p", "sandbox-vmm", "--bin", "brig-vmm", "-p", "brig-shim", "--bin", "containerd-shim-brig-v2"],
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "sandbox-vmm",
+            "--bin",
+            "brig-vmm",
+            "-p",
+            "brig-shim",
+            "--bin",
+            "containerd-shim-brig-v2",
+        ],
     )?;
     let release = crate::workspace_root().join("target").join("release");
     Ok(Artifacts {

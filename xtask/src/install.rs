@@ -29,7 +29,9 @@ pub struct Sources {
 impl Sources {
     fn from_env() -> Result<Sources> {
         let var = |name: &str| -> Result<PathBuf> {
-            std::env::var_os(name).map(PathBuf::from).with_context(|| format!("--no-build needs {name} (set by cargo xtask test)"))
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .with_context(|| format!("--no-build needs {name} (set by cargo xtask test)"))
         };
         Ok(Sources {
             shim: var("BRIG_SHIM_BIN")?,

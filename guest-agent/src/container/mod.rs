@@ -288,6 +288,7 @@ impl Manager {
         };
         send_config(&mut spawned, &config)?;
         wait_ready(&mut spawned)?;
+        io.receive_terminal()?;
         let Spawned { exit, start, status, .. } = spawned;
         let init = ProcessHandle::new(pid.as_raw() as u32, io, &mut Some((start, status)));
         watch_exit(init.clone(), exit);
@@ -358,7 +359,7 @@ impl Manager {
             return Err(setup_failure(&mut spawned));
         };
         let exit = self.reaper.watch(Pid::from_raw(pid));
-        wait_ready(&mut spawned).inspect_err(|_| {
+        wait_ready(&mut spawned).and_then(|()| Ok(io.receive_terminal()?)).inspect_err(|_| {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         })?;
         let Spawned { start, status, .. } = spawned;

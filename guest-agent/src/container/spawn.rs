@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 
 use super::stdio::ChildStdio;
 use crate::reaper::Reaper;
-use crate::runtime::config::{CONFIG_FD, PID_FD, START_FD, STATUS_FD};
+use crate::runtime::config::{CONFIG_FD, CONSOLE_FD, PID_FD, START_FD, STATUS_FD};
 
 /// The helper's stack: it only runs the few calls before `execve`.
 const STACK: usize = 64 << 10;
@@ -91,7 +91,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 }
 
 /// Moves `fd` to a number at or above [`HIGH_FD`] (still close-on-exec), so the
-/// child's `dup2`s into 0..=6 cannot overwrite a source they still need.
+/// child's `dup2`s into 0..=7 cannot overwrite a source they still need.
 fn high(fd: OwnedFd) -> Result<OwnedFd, SpawnError> {
     let raw = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD)).map_err(SpawnError::Pipe)?;
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
@@ -122,6 +122,9 @@ pub fn spawn(
     ];
     if let Some(pid_w) = pid_w {
         child_fds.push((high(pid_w)?, PID_FD));
+    }
+    if let Some(console) = stdio.console {
+        child_fds.push((high(console)?, CONSOLE_FD));
     }
     let moves: Vec<(RawFd, RawFd)> = child_fds.iter().map(|(fd, to)| (fd.as_raw_fd(), *to)).collect();
 

@@ -5,6 +5,9 @@
 //! attaches a stream its data waits in the pipe, so nothing is lost and a chatty
 //! process is held back by the pipe's capacity; streams the host said it will not
 //! attach are `/dev/null` from the start.
+//!
+//! A terminal is made by the helper inside the container (`runtime::console`); the
+//! agent receives the master on a socket before the process may start.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -15,7 +18,9 @@ use std::time::Duration;
 use brig_protocol::agent::Stdio;
 use brig_protocol::stdio::{Header, Stream, MAX_HEADER};
 use nix::fcntl::OFlag;
-use nix::sys::socket::{shutdown, Shutdown};
+use nix::sys::socket::{
+    recvmsg, shutdown, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockType,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
@@ -27,14 +32,18 @@ pub enum StdioError {
     Resize(#[source] nix::Error),
     #[error("the process has no terminal")]
     NoTerminal,
+    #[error("the container helper sent no terminal")]
+    NoMaster(#[source] nix::Error),
 }
 
-/// The child's ends, installed as its fds 0, 1 and 2.
+/// The child's ends, installed as its fds 0, 1 and 2 (and the console socket).
 #[derive(Debug)]
 pub struct ChildStdio {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// Terminal processes: where the helper sends the pty master.
+    pub console: Option<OwnedFd>,
 }
 
 /// The agent's ends, waiting for the host.
@@ -44,7 +53,10 @@ pub struct ProcessIo {
     stdout: Mutex<Option<OwnedFd>>,
     stderr: Mutex<Option<OwnedFd>>,
     /// The pty master, kept for resizing.
-    pty: Option<OwnedFd>,
+    pty: Mutex<Option<OwnedFd>>,
+    /// Terminal processes, until the master arrives: the agent's end of the console
+    /// socket, and whether the host will attach stdin.
+    console: Mutex<Option<(OwnedFd, bool)>>,
     /// A handle on the attached stdin connection, to end it on `CloseStdin`.
     stdin_conn: Mutex<Option<OwnedFd>>,
 }
@@ -64,20 +76,12 @@ fn dev_null() -> Result<OwnedFd, StdioError> {
 /// Pipes (or a pty) for a new process, per what the host will attach.
 pub fn create(stdio: &Stdio) -> Result<(Arc<ProcessIo>, ChildStdio), StdioError> {
     if stdio.terminal {
-        let pty = nix::pty::openpty(None, None).map_err(StdioError::Create)?;
-        let dup = |fd: &OwnedFd| {
-            fd.try_clone()
-                .map_err(|e| StdioError::Create(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EBADF))))
-        };
-        let master = pty.master;
-        let io = ProcessIo {
-            stdin: Mutex::new(stdio.stdin.then(|| dup(&master)).transpose()?),
-            stdout: Mutex::new(Some(dup(&master)?)),
-            stderr: Mutex::new(None),
-            pty: Some(master),
-            stdin_conn: Mutex::new(None),
-        };
-        let child = ChildStdio { stdin: dup(&pty.slave)?, stdout: dup(&pty.slave)?, stderr: pty.slave };
+        let (agent_end, helper_end) =
+            socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+                .map_err(StdioError::Create)?;
+        let io = ProcessIo { console: Mutex::new(Some((agent_end, stdio.stdin))), ..Default::default() };
+        let child =
+            ChildStdio { stdin: dev_null()?, stdout: dev_null()?, stderr: dev_null()?, console: Some(helper_end) };
         return Ok((Arc::new(io), child));
     }
     let (child_in, host_in) = if stdio.stdin { pipe().map(|(r, w)| (r, Some(w)))? } else { (dev_null()?, None) };
@@ -87,13 +91,27 @@ pub fn create(stdio: &Stdio) -> Result<(Arc<ProcessIo>, ChildStdio), StdioError>
         stdin: Mutex::new(host_in),
         stdout: Mutex::new(host_out),
         stderr: Mutex::new(host_err),
-        pty: None,
-        stdin_conn: Mutex::new(None),
+        ..Default::default()
     };
-    Ok((Arc::new(io), ChildStdio { stdin: child_in, stdout: child_out, stderr: child_err }))
+    Ok((Arc::new(io), ChildStdio { stdin: child_in, stdout: child_out, stderr: child_err, console: None }))
 }
 
 impl ProcessIo {
+    /// Terminal processes: takes the pty master the helper sent (it sends it before
+    /// reporting ready, so it is waiting on the socket).
+    pub fn receive_terminal(&self) -> Result<(), StdioError> {
+        let Some((socket, stdin)) = lock(&self.console).take() else { return Ok(()) };
+        let master = receive_fd(&socket).map_err(StdioError::NoMaster)?;
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| StdioError::Create(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EBADF))))
+        };
+        *lock(&self.stdin) = stdin.then(|| dup(&master)).transpose()?;
+        *lock(&self.stdout) = Some(dup(&master)?);
+        *lock(&self.pty) = Some(master);
+        Ok(())
+    }
+
     /// Takes a stream for attaching; `None` if it was never offered or is taken.
     fn take(&self, stream: Stream) -> Option<OwnedFd> {
         match stream {
@@ -112,12 +130,33 @@ impl ProcessIo {
     }
 
     pub fn resize(&self, width: u16, height: u16) -> Result<(), StdioError> {
-        let pty = self.pty.as_ref().ok_or(StdioError::NoTerminal)?;
+        let pty = lock(&self.pty);
+        let pty = pty.as_ref().ok_or(StdioError::NoTerminal)?;
         let size = libc::winsize { ws_row: height, ws_col: width, ws_xpixel: 0, ws_ypixel: 0 };
         // SAFETY: `pty` is an open pty master and `size` a valid winsize for TIOCSWINSZ.
         let rc = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &size) };
         nix::errno::Errno::result(rc).map(drop).map_err(StdioError::Resize)
     }
+}
+
+/// One descriptor sent with `SCM_RIGHTS` (the helper sends exactly one).
+fn receive_fd(socket: &OwnedFd) -> Result<OwnedFd, nix::Error> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            let mut owned = fds.into_iter().map(|fd| {
+                // SAFETY: SCM_RIGHTS installed these descriptors in this process just now.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+            });
+            if let Some(fd) = owned.next() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err(nix::Error::ENOMSG)
 }
 
 /// Looks up the stream a header names.
@@ -266,13 +305,30 @@ mod tests {
     }
 
     #[test]
-    fn a_terminal_resizes_and_others_refuse() {
+    fn a_terminal_arrives_from_the_helper_resizes_and_others_refuse() {
         let (io, child) =
             create(&Stdio { stdin: true, stdout: true, terminal: true, ..Default::default() }).expect("pty");
+        assert!(matches!(io.resize(80, 24), Err(StdioError::NoTerminal)), "no terminal before the helper sends it");
+        // What the helper does (runtime::console::send), on this side of the socket.
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let helper = child.console.expect("a terminal process gets a console socket");
+        let fds = [pty.master.as_raw_fd()];
+        nix::sys::socket::sendmsg::<()>(
+            helper.as_raw_fd(),
+            &[std::io::IoSlice::new(b"M")],
+            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("send the master");
+        io.receive_terminal().expect("receive");
+        assert!(
+            io.take(Stream::Stdin).is_some() && io.take(Stream::Stdout).is_some() && io.take(Stream::Stderr).is_none()
+        );
         io.resize(132, 43).expect("resize");
         let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-        // SAFETY: the child end is an open pty slave; TIOCGWINSZ fills `size`.
-        let rc = unsafe { libc::ioctl(child.stdin.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+        // SAFETY: `pty.slave` is an open pty slave; TIOCGWINSZ fills `size`.
+        let rc = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
         assert_eq!(rc, 0);
         assert_eq!((size.ws_col, size.ws_row), (132, 43));
         let (plain, _) = create(&Stdio::default()).expect("io");

@@ -15,6 +15,9 @@ pub const STATUS_FD: i32 = 4;
 pub const START_FD: i32 = 5;
 /// Exec helpers only (write end): the pid of the process they started, as text.
 pub const PID_FD: i32 = 6;
+/// Terminal processes only: a socket on which the helper sends back the pty master
+/// it made inside the container (see `runtime::console`).
+pub const CONSOLE_FD: i32 = 7;
 
 /// `argv[1]` of a helper for a container's own process.
 pub const INIT_ARG: &str = "container-init";

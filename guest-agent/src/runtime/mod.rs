@@ -9,6 +9,7 @@
 //! with `R`; a successful exec closes the pipe.
 
 pub mod config;
+pub mod console;
 pub mod mounts;
 pub mod paths;
 pub mod process;
@@ -163,8 +164,13 @@ pub fn init_main() -> ! {
         std::fs::write(&path, value).or_fail(&mut status, &format!("sysctl {key}"));
     }
     process::set_oom_score_adj(process).or_fail(&mut status, "oom_score_adj");
-    let console = config.terminal.then(|| std::fs::read_link("/proc/self/fd/0").ok()).flatten();
-    mounts::setup(spec, &config.rootfs, &config.bundle, console.as_deref()).or_fail(&mut status, "mounts");
+    let own_cgroup = (!wants_new(spec, LinuxNamespaceType::Cgroup)).then_some(config.cgroup.as_path());
+    let setup = mounts::Setup { rootfs: &config.rootfs, bundle: &config.bundle, own_cgroup, terminal: config.terminal };
+    let pty = mounts::setup(spec, &setup).or_fail(&mut status, "mounts");
+    if let Some(pty) = pty {
+        console::install(&pty.slave).or_fail(&mut status, "terminal");
+        console::send(pty.master).or_fail(&mut status, "terminal");
+    }
     if wants_new(spec, LinuxNamespaceType::Uts) {
         if let Some(hostname) = spec.hostname() {
             nix::unistd::sethostname(hostname).or_fail(&mut status, "hostname");
@@ -208,6 +214,12 @@ pub fn exec_main() -> ! {
     }
     drop(namespaces);
     nix::unistd::chdir("/").or_fail(&mut status, "chdir /");
+    if config.terminal {
+        // In the container's mount namespace now: its /dev/ptmx, as `runc exec -t` does.
+        let pty = console::create().or_fail(&mut status, "terminal");
+        console::install(&pty.slave).or_fail(&mut status, "terminal");
+        console::send(pty.master).or_fail(&mut status, "terminal");
+    }
     process::set_oom_score_adj(&config.process).or_fail(&mut status, "oom_score_adj");
     // The new process must be forked to land in the pid namespace; CLONE_PARENT makes
     // it the agent's child, so the agent reaps it like any container process.

@@ -16,10 +16,13 @@ use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
+use super::console::{self, ConsoleError, Pty};
 use super::paths::{create_in_root, fd_path, open_in_root, Kind, PathError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     #[error(transparent)]
     Path(#[from] PathError),
     #[error("cannot mount {what} on {target}")]
@@ -91,8 +94,24 @@ fn mount_err(what: &str, target: &Path) -> impl FnOnce(Errno) -> MountError {
     move |source| MountError::Mount { what, target, source }
 }
 
-/// Sets up every spec mount inside `rootfs` and pivots into it.
-pub fn setup(spec: &Spec, rootfs: &Path, bundle: &Path, console: Option<&Path>) -> Result<(), MountError> {
+/// What [`setup`] needs besides the spec.
+#[derive(Debug)]
+pub struct Setup<'a> {
+    /// The rootfs, in the agent's mount namespace.
+    pub rootfs: &'a Path,
+    /// Relative bind sources are taken from here.
+    pub bundle: &'a Path,
+    /// The container's cgroup directory when it has no cgroup namespace of its own:
+    /// a `cgroup` mount then shows this directory, as runc makes it, not the root.
+    pub own_cgroup: Option<&'a Path>,
+    /// Make a pty in the container and bind its slave on `/dev/console`.
+    pub terminal: bool,
+}
+
+/// Sets up every spec mount inside the rootfs and pivots into it; returns the
+/// container's terminal if one was asked for.
+pub fn setup(spec: &Spec, setup: &Setup<'_>) -> Result<Option<Pty>, MountError> {
+    let (rootfs, bundle) = (setup.rootfs, setup.bundle);
     let linux = spec.linux().as_ref();
     let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         None | Some("") | Some("rslave") | Some("slave") => MsFlags::MS_SLAVE,
@@ -112,15 +131,13 @@ pub fn setup(spec: &Spec, rootfs: &Path, bundle: &Path, console: Option<&Path>) 
     let mut dev_from_spec = false;
     for m in spec.mounts().as_deref().unwrap_or_default() {
         dev_from_spec |= m.destination() == Path::new("/dev");
-        mount_one(&root, m, bundle)?;
+        match (m.typ().as_deref(), setup.own_cgroup) {
+            (Some("cgroup" | "cgroup2"), Some(own)) => mount_one(&root, &cgroup_bind(m, own), bundle)?,
+            _ => mount_one(&root, m, bundle)?,
+        }
     }
     if dev_from_spec {
         create_devices(&root, linux.and_then(|l| l.devices().as_deref()).unwrap_or_default())?;
-    }
-    if let Some(console) = console {
-        let target = create_in_root(&root, Path::new("/dev/console"), Kind::File)?;
-        mount(Some(console), &fd_path(&target), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(mount_err("the console", Path::new("/dev/console")))?;
     }
     drop(root);
 
@@ -128,6 +145,13 @@ pub fn setup(spec: &Spec, rootfs: &Path, bundle: &Path, console: Option<&Path>) 
     pivot_root(".", ".").map_err(MountError::Pivot)?;
     umount2(".", MntFlags::MNT_DETACH).map_err(MountError::Pivot)?;
     chdir("/").map_err(MountError::Pivot)?;
+    let pty = if setup.terminal {
+        let pty = console::create()?;
+        console::mount_console(&pty.slave)?;
+        Some(pty)
+    } else {
+        None
+    };
 
     for path in linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or_default() {
         mask(path)?;
@@ -140,7 +164,16 @@ pub fn setup(spec: &Spec, rootfs: &Path, bundle: &Path, console: Option<&Path>) 
         mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
             .map_err(mount_err("read-only root", Path::new("/")))?;
     }
-    Ok(())
+    Ok(pty)
+}
+
+/// A `cgroup` mount as a bind of the container's own cgroup directory.
+fn cgroup_bind(m: &Mount, own: &Path) -> Mount {
+    let mut options = m.options().clone().unwrap_or_default();
+    options.push("rbind".into());
+    let mut bind = m.clone();
+    bind.set_typ(Some("bind".into())).set_source(Some(own.to_path_buf())).set_options(Some(options));
+    bind
 }
 
 fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path) -> Result<(), MountError> {
