@@ -45,6 +45,14 @@ const MODULES: &[&str] = &[
 ];
 /// Console lines shown when the test host fails or hangs.
 const CONSOLE_TAIL: usize = 40;
+/// How long the test host's heartbeat (written every 5 s by init.sh) may be silent
+/// before kvm-host calls it wedged: an emulator hang, not a slow test.
+const HEARTBEAT_LIMIT: Duration = Duration::from_secs(120);
+
+/// The test host's CPU: QEMU's `max` (svm, npt, xsave) without the two features whose
+/// emulation failed under nested KVM here: 5-level paging (la57 makes the test host's
+/// KVM walk 5-level nested page tables) and virtual GIF (vgif). ADR 006 has the counts.
+const CPU_MODEL: &str = "max,la57=off,vgif=off";
 
 /// Where the command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +122,37 @@ struct Artifacts {
     package: String,
 }
 
+/// How a kvm-host run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command ran to its end with this exit status.
+    Exited(i32),
+    /// The command was still running at the timeout.
+    TimedOut,
+    /// The nested test host itself failed under the command: its clock stopped (an
+    /// emulator wedge) or its kernel died. See docs/adr/006-nested-test-host-failures.md.
+    HostFailed,
+}
+
+impl Outcome {
+    /// The exit status `cargo xtask kvm-host` reports: the command's own, 124 for a
+    /// timeout (as timeout(1)), 125 when the test host failed.
+    pub fn code(self) -> i32 {
+        match self {
+            Outcome::Exited(code) => code,
+            Outcome::TimedOut => 124,
+            Outcome::HostFailed => 125,
+        }
+    }
+}
+
 /// Runs `argv` as root on a KVM-capable host and returns its exit code.
 pub fn run(argv: &[String], opts: &Options) -> Result<i32> {
+    run_outcome(argv, opts).map(Outcome::code)
+}
+
+/// Runs `argv` as root on a KVM-capable host and says how it ended.
+pub fn run_outcome(argv: &[String], opts: &Options) -> Result<Outcome> {
     if argv.is_empty() {
         bail!("usage: cargo xtask kvm-host [--timeout SECS] -- COMMAND [ARGS...]");
     }
@@ -125,7 +162,7 @@ pub fn run(argv: &[String], opts: &Options) -> Result<i32> {
     }
 }
 
-fn run_direct(argv: &[String], opts: &Options) -> Result<i32> {
+fn run_direct(argv: &[String], opts: &Options) -> Result<Outcome> {
     eprintln!("kvm-host: this CPU has hardware virtualization; running the command directly");
     if !Path::new("/dev/kvm").exists() {
         bail!("this CPU has vmx/svm but /dev/kvm is missing: load kvm-intel or kvm-amd");
@@ -136,19 +173,19 @@ fn run_direct(argv: &[String], opts: &Options) -> Result<i32> {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
-            return Ok(status.code().unwrap_or(128));
+            return Ok(Outcome::Exited(status.code().unwrap_or(128)));
         }
         if start.elapsed() > opts.timeout {
             child.kill()?;
             child.wait()?;
             eprintln!("kvm-host: the command did not finish within {}s; killed it", opts.timeout.as_secs());
-            return Ok(124);
+            return Ok(Outcome::TimedOut);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn run_nested(argv: &[String], opts: &Options) -> Result<i32> {
+fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
     let host = prepare()?;
     let run_dir = new_run_dir()?;
     let cwd = std::env::current_dir()?;
@@ -162,7 +199,7 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<i32> {
 
     let console = run_dir.join("console.log");
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", "max"])
+    qemu.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", CPU_MODEL])
         .args(["-smp", &opts.cpus.to_string(), "-m", &opts.memory_mib.to_string()])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-kernel")
@@ -182,6 +219,8 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<i32> {
         .args(share("worktree", &opts.worktree, false))
         .args(["-device", "virtio-serial-pci", "-chardev", "stdio,id=out,signal=off"])
         .args(["-device", "virtconsole,chardev=out"])
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", run_dir.join("monitor.sock").display()))
         .stdin(Stdio::null());
 
     eprintln!(
@@ -205,17 +244,24 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<i32> {
                 );
             }
         }
-        if start.elapsed() > opts.timeout {
+        let silent = booted.then(|| heartbeat_age(&run_dir)).flatten().filter(|age| *age > HEARTBEAT_LIMIT);
+        if start.elapsed() > opts.timeout || silent.is_some() {
+            let why = match silent {
+                Some(age) => format!(
+                    "the test host is wedged (no heartbeat for {}s: its clock stopped, see docs/testing.md)",
+                    age.as_secs()
+                ),
+                None => format!("the command did not finish within {}s", opts.timeout.as_secs()),
+            };
+            let cpus = monitor(&run_dir.join("monitor.sock"), &["info cpus", "info registers -a"]);
             child.kill()?;
             child.wait()?;
             eprintln!(
-                "kvm-host: the command did not finish within {}s; stopped the test host. \
-                 Console tail ({}):\n{}",
-                opts.timeout.as_secs(),
+                "kvm-host: {why}; stopped the test host.\nvCPUs:\n{cpus}\nConsole tail ({}):\n{}",
                 console.display(),
                 progress::tail(&console, CONSOLE_TAIL)
             );
-            return Ok(124);
+            return Ok(if silent.is_some() { Outcome::HostFailed } else { Outcome::TimedOut });
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -228,14 +274,39 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<i32> {
             } else {
                 eprintln!("kvm-host: kept {} for inspection", run_dir.display());
             }
-            Ok(code)
+            Ok(Outcome::Exited(code))
         }
-        None => bail!(
-            "the test host stopped ({status}) before the command finished. Console tail ({}):\n{}",
-            console.display(),
-            progress::tail(&console, CONSOLE_TAIL)
-        ),
+        None => {
+            eprintln!(
+                "kvm-host: the test host stopped ({status}) before the command finished. Console tail ({}):\n{}",
+                console.display(),
+                progress::tail(&console, CONSOLE_TAIL)
+            );
+            Ok(Outcome::HostFailed)
+        }
     }
+}
+
+/// How long ago the test host last wrote its heartbeat (None before the first one).
+fn heartbeat_age(run_dir: &Path) -> Option<Duration> {
+    let modified = fs::metadata(run_dir.join("heartbeat")).ok()?.modified().ok()?;
+    Some(modified.elapsed().unwrap_or_default())
+}
+
+/// Asks QEMU's human monitor `commands` (for the report of a hung test host).
+fn monitor(socket: &Path, commands: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(socket) else {
+        return format!("(no monitor at {})", socket.display());
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    for command in commands {
+        let _ = conn.write_all(format!("{command}\n").as_bytes());
+    }
+    let _ = conn.write_all(b"quit\n");
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text.lines().filter(|l| !l.starts_with("QEMU ") && !l.contains("(qemu)")).collect::<Vec<_>>().join("\n")
 }
 
 /// `-fsdev`/`-device` arguments for one 9p share.
