@@ -141,6 +141,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/brig/config.toml");
+        let example = Config::from_file(&path).expect("examples/brig/config.toml parses");
+        assert_eq!(example, Config::default(), "the example documents the defaults");
+    }
+
+    #[test]
     fn missing_artifacts_say_how_to_install() {
         let config = Config { kernel: "/nonexistent/vmlinux".into(), ..Config::default() };
         let err = config.check_installed().expect_err("missing");

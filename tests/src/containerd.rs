@@ -36,6 +36,12 @@ pub fn install_brig() {
 impl Containerd {
     /// Starts containerd and imports the test image.
     pub fn start() -> Containerd {
+        Self::start_with_env(&[])
+    }
+
+    /// [`Containerd::start`] with extra environment, which its shims inherit
+    /// (`BRIG_CONFIG` gives them another config file).
+    pub fn start_with_env(env: &[(&str, &std::ffi::OsStr)]) -> Containerd {
         install_brig();
         let dir = Scratch::new("containerd");
         let address = dir.join("containerd.sock");
@@ -53,6 +59,7 @@ impl Containerd {
         let child = Command::new("containerd")
             .arg("--config")
             .arg(dir.join("config.toml"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

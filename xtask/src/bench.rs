@@ -5,6 +5,8 @@
 //!   `/dev/kvm` and inside the nested test host (or directly, on hardware).
 //! - `boot`: brig-vmm vs `qemu-system-x86_64 -M microvm`, same kernel and
 //!   initramfs, inside the test host: time to agent-ready and VMM RSS.
+//! - `ctr`: `ctr run --rm … true` through Debian's containerd with brig and with
+//!   runc, inside the test host; the memory one running brig task costs.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,7 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{apt, artifacts, cargo, testhost};
 
-const ALL: &[&str] = &["ring0", "boot"];
+const ALL: &[&str] = &["ring0", "boot", "ctr"];
 
 fn bench_binary(name: &str) -> Result<PathBuf> {
     let found = cargo::build_executables(&["bench", "--no-run", "-p", "brig-tests", "--bench", name], |kind, _| {
@@ -46,15 +48,18 @@ pub fn run(names: &[String]) -> Result<()> {
                     bail!("ring0 benchmark failed in kvm-host ({code})");
                 }
             }
-            "boot" => {
-                apt::ensure(&["qemu-system-x86"])?;
+            "boot" | "ctr" => {
+                let (packages, bench): (&[&str], _) =
+                    if name == "boot" { (&["qemu-system-x86"], "boot") } else { (apt::CONTAINERD, "ctr_run") };
+                apt::ensure(packages)?;
                 let env = artifacts::build()?.env();
-                let binary = bench_binary("boot")?;
+                let binary = bench_binary(bench)?;
                 let mut host = host.clone();
                 host.env = env;
+                host.env.push(("BRIG_XTASK_BIN".into(), crate::test::own_binary()?));
                 let code = testhost::run(&[binary.to_string_lossy().into_owned()], &host)?;
                 if code != 0 {
-                    bail!("boot benchmark failed in kvm-host ({code})");
+                    bail!("{name} benchmark failed in kvm-host ({code})");
                 }
             }
             _ => unreachable!("checked above"),

@@ -26,7 +26,7 @@ cargo xtask <command>
   test [--no-lint] [--no-unit] [--test FILE]... [--filter NAME]
         every test: fmt, clippy, unit tests, then the integration tests
         inside kvm-host (what CI runs)
-  bench [ring0] [boot]
+  bench [ring0] [boot] [ctr]
         benchmarks; they print numbers (see docs/testing.md)
   install [--prefix DIR] [--no-build]
         installs the shim, brig-vmm, the guest kernel and initramfs, and

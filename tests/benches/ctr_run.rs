@@ -1,0 +1,71 @@
+//! Benchmark: the wall time of `ctr run --rm IMAGE ID true` with brig
+//! (`io.containerd.brig.v2`) and with runc (`io.containerd.runc.v2`), side by side
+//! in the same test host and containerd, plus what one running brig task costs
+//! the host in memory (shim and VMM, guest RAM left out). Run by
+//! `cargo xtask bench ctr`; prints numbers, asserts nothing about them.
+
+use std::time::{Duration, Instant};
+
+use brig_tests::containerd::{shim_pid, Containerd, IMAGE, RUNTIME};
+
+const RUNS: usize = 10;
+
+fn time_run(containerd: &Containerd, runtime: &str, id: &str) -> Duration {
+    let start = Instant::now();
+    let out = containerd.ctr(&["run", "--rm", "--runtime", runtime, IMAGE, id, "true"]);
+    let took = start.elapsed();
+    assert!(out.status.success(), "{runtime}: {}\n{}", String::from_utf8_lossy(&out.stderr), containerd.log());
+    took
+}
+
+fn summary(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
+    samples.sort();
+    (samples[0], samples[samples.len() / 2], samples[samples.len() - 1])
+}
+
+fn status_kib(pid: u32, fields: &[&str]) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    fields
+        .iter()
+        .filter_map(|name| status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+fn main() {
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    // Warm-up: the first brig run builds the rootfs image, the first runc run warms its caches.
+    time_run(&containerd, RUNTIME, "warm-brig");
+    time_run(&containerd, "io.containerd.runc.v2", "warm-runc");
+
+    let (mut brig, mut runc) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        brig.push(time_run(&containerd, RUNTIME, &format!("brig-{i}")));
+        runc.push(time_run(&containerd, "io.containerd.runc.v2", &format!("runc-{i}")));
+    }
+    println!("ctr run --rm {IMAGE} ID true, {RUNS} runs each (interleaved), in the test host:");
+    println!("  {:<24} {:>10} {:>10} {:>10}", "runtime", "min", "median", "max");
+    let (b, r) = (summary(brig), summary(runc));
+    for (name, (min, median, max)) in [("io.containerd.brig.v2", b), ("io.containerd.runc.v2", r)] {
+        println!("  {name:<24} {:>8.0}ms {:>8.0}ms {:>8.0}ms", ms(min), ms(median), ms(max));
+    }
+    println!("  brig / runc (median): {:.1}x", ms(b.1) / ms(r.1));
+
+    let out = containerd.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "resident", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vmm = containerd.wait_for_status("resident", "RUNNING");
+    std::thread::sleep(Duration::from_secs(1));
+    let shim = shim_pid("resident").expect("shim") as u32;
+    println!("one running brig task (default 128 MiB guest), host memory beyond guest RAM:");
+    println!("  containerd-shim-brig-v2 VmRSS      {:>6} KiB", status_kib(shim, &["VmRSS:"]));
+    println!("  brig-vmm RssAnon + RssFile        {:>6} KiB", status_kib(vmm, &["RssAnon:", "RssFile:"]));
+    println!("  brig-vmm RssShmem (guest touched) {:>6} KiB", status_kib(vmm, &["RssShmem:"]));
+    let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "resident"]);
+    containerd.wait_for_status("resident", "STOPPED");
+    let _ = containerd.ctr(&["task", "delete", "resident"]);
+    let _ = containerd.ctr(&["container", "delete", "resident"]);
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

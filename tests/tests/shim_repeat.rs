@@ -1,0 +1,58 @@
+//! Many tasks, one after another and side by side: every run is a fresh VM, the
+//! rootfs image of the unchanged snapshot is built once and reused, and nothing
+//! accumulates.
+
+use std::time::Instant;
+
+use brig_tests::containerd::{cached_images, Containerd};
+
+fn mount_count() -> usize {
+    std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().count()
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn twenty_sequential_runs_reuse_one_image_and_leak_nothing() {
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    let mounts_before = mount_count();
+    let mut took = Vec::new();
+    for i in 0..20 {
+        let start = Instant::now();
+        let out = containerd.run(&format!("seq-{i}"), &["sh", "-c", &format!("echo run {i}")]);
+        took.push(start.elapsed());
+        assert!(out.status.success(), "run {i}: {}\n{}", String::from_utf8_lossy(&out.stderr), containerd.log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("run {i}\n"));
+        assert_eq!(cached_images().len(), 1, "run {i}: one cached image for the unchanged snapshot");
+    }
+    took.sort();
+    println!("20 sequential ctr run --rm: min {:?}, median {:?}, max {:?}", took[0], took[10], took[19]);
+    containerd.assert_no_leftovers("20 sequential runs");
+    assert_eq!(mount_count(), mounts_before, "mounts accumulated");
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn five_parallel_runs_each_get_their_own_vm_and_leak_nothing() {
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    let mounts_before = mount_count();
+    let outputs: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..5)
+            .map(|i| {
+                let containerd = &containerd;
+                scope.spawn(move || {
+                    containerd.run(&format!("par-{i}"), &["sh", "-c", &format!("echo par {i}; hostname")])
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().expect("run thread")).collect()
+    });
+    for (i, out) in outputs.iter().enumerate() {
+        assert!(out.status.success(), "run {i}: {}\n{}", String::from_utf8_lossy(&out.stderr), containerd.log());
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("par {i}\n")), "run {i}");
+    }
+    assert_eq!(cached_images().len(), 1, "the parallel runs shared one image");
+    containerd.assert_no_leftovers("5 parallel runs");
+    assert_eq!(mount_count(), mounts_before, "mounts accumulated");
+}
