@@ -195,6 +195,8 @@ impl VcpuHandle {
 enum Flow {
     Continue,
     Stop,
+    /// The vCPU cannot go on (the reason); the run loop adds its registers and reports it.
+    Failed(String),
 }
 
 struct RunLoop {
@@ -222,8 +224,14 @@ impl RunLoop {
                     Flow::Stop
                 }
             };
-            if let Flow::Stop = flow {
-                break;
+            match flow {
+                Flow::Continue => {}
+                Flow::Stop => break,
+                Flow::Failed(reason) => {
+                    let reason = format!("{reason}; {}", registers(&self.vcpu.fd));
+                    self.events.send(VmEvent::VcpuFailed { index: self.vcpu.index, reason });
+                    break;
+                }
             }
         }
         KVM_RUN.with(|ptr| ptr.set(std::ptr::null_mut()));
@@ -266,6 +274,17 @@ impl RunLoop {
     }
 }
 
+/// The registers that say where a failed vCPU was, for its error report.
+fn registers(fd: &VcpuFd) -> String {
+    match (fd.get_regs(), fd.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "rip {:#x} rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x} idt {:#x}/{:#x}",
+            r.rip, r.rsp, r.rflags, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.idt.base, s.idt.limit
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),
+    }
+}
+
 fn handle_exit(index: u8, exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus, events: &EventSender) -> Flow {
     match exit {
         VcpuExit::IoIn(port, data) => {
@@ -293,21 +312,11 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus, even
                 other => guest_warn!("vCPU {index}: ignoring system event {other}"),
             }
         }
-        VcpuExit::Shutdown => {
-            events.send(VmEvent::VcpuFailed { index, reason: "triple fault (KVM_EXIT_SHUTDOWN)".into() });
-            return Flow::Stop;
-        }
+        VcpuExit::Shutdown => return Flow::Failed("triple fault (KVM_EXIT_SHUTDOWN)".into()),
         VcpuExit::FailEntry(reason, cpu) => {
-            events.send(VmEvent::VcpuFailed {
-                index,
-                reason: format!("VM entry failed (hardware reason {reason:#x}, cpu {cpu})"),
-            });
-            return Flow::Stop;
+            return Flow::Failed(format!("VM entry failed (hardware reason {reason:#x}, cpu {cpu})"));
         }
-        VcpuExit::InternalError => {
-            events.send(VmEvent::VcpuFailed { index, reason: "KVM internal error".into() });
-            return Flow::Stop;
-        }
+        VcpuExit::InternalError => return Flow::Failed("KVM internal error".into()),
         other => {
             METRICS.vcpu_exits_other.inc();
             guest_warn!("vCPU {index}: unexpected exit {other:?}");
