@@ -297,7 +297,7 @@ fn wait_for_no_leftovers() -> Result<(), Leftovers> {
     }
 }
 
-/// The rootfs images in brig's cache.
+/// The rootfs images in brig's cache, sorted.
 pub fn cached_images() -> Vec<String> {
     std::fs::read_dir("/var/lib/brig/images")
         .into_iter()
@@ -305,5 +305,7 @@ pub fn cached_images() -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".ext4"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect()
 }
