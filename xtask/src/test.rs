@@ -119,7 +119,7 @@ pub fn run(opts: &Options) -> Result<()> {
 /// How long one integration-test binary may run in kvm-host.
 const BINARY_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// How many times one binary is started when the nested test host itself fails under it.
-const HOST_ATTEMPTS: u32 = 3;
+const HOST_ATTEMPTS: u32 = 4;
 
 /// Runs one test binary in kvm-host, and again (up to `HOST_ATTEMPTS` in all) when the
 /// nested test host wedged or crashed under it. Only the emulator's failure is retried:

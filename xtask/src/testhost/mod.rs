@@ -51,6 +51,7 @@ const HEARTBEAT_LIMIT: Duration = Duration::from_secs(120);
 
 /// The test host's CPU: QEMU's `max` (svm, npt, xsave). `max,la57=off,vgif=off` was
 /// tried against the test host's wedges and made brig's guests fail instead (ADR 006).
+/// `BRIG_KVM_HOST_CPU` overrides it (for such experiments).
 const CPU_MODEL: &str = "max";
 
 /// Where the command runs.
@@ -198,7 +199,8 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
 
     let console = run_dir.join("console.log");
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", CPU_MODEL])
+    let cpu_model = std::env::var("BRIG_KVM_HOST_CPU").unwrap_or_else(|_| CPU_MODEL.to_owned());
+    qemu.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", &cpu_model])
         .args(["-smp", &opts.cpus.to_string(), "-m", &opts.memory_mib.to_string()])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-kernel")
