@@ -1,6 +1,7 @@
 //! `cargo xtask kvm-host` itself: the command runs where KVM can boot Linux, its
-//! output and exit status come back, the work tree is shared read-write, and a hang
-//! ends at the timeout with the test host's console tail.
+//! output and exit status come back, the work tree is shared read-write, a hang
+//! ends at the timeout with the test host's console tail, and a test host whose
+//! heartbeat stops is reported as wedged.
 //!
 //! One test, run in sequence: each case boots a test host (~5 s).
 
@@ -59,5 +60,25 @@ fn runs_commands_where_kvm_can_boot_linux() {
     assert!(stderr.contains("did not finish within 20s"), "{stderr}");
     if nested() {
         assert!(stderr.contains("Console tail") && stderr.contains("brig-testhost: ready"), "{stderr}");
+    }
+
+    // A test host whose heartbeat stops is called wedged (125), with its vCPUs' state.
+    // The command stops the heartbeat the way a frozen test host would: init can no
+    // longer write the file, so its age grows.
+    if nested() {
+        let freeze = "run=$(sed 's/.*brig.run=\\([^ ]*\\).*/\\1/' /proc/cmdline); \
+                      until mkdir \"$run/heartbeat\" 2>/dev/null; do rm -f \"$run/heartbeat\"; done; sleep 600";
+        let start = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["kvm-host", "--timeout", "300", "--", "sh", "-c", freeze])
+            .env("BRIG_KVM_HOST_HEARTBEAT_SECS", "15")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run xtask kvm-host");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(start.elapsed() < Duration::from_secs(120), "took {:?}", start.elapsed());
+        assert!(stderr.contains("the test host is wedged (no heartbeat for"), "{stderr}");
+        assert!(stderr.contains("CPU#0") && stderr.contains("RIP="), "the vCPUs' registers are printed: {stderr}");
     }
 }

@@ -47,6 +47,7 @@ const MODULES: &[&str] = &[
 const CONSOLE_TAIL: usize = 40;
 /// How long the test host's heartbeat (written every 5 s by init.sh) may be silent
 /// before kvm-host calls it wedged: an emulator hang, not a slow test.
+/// `BRIG_KVM_HOST_HEARTBEAT_SECS` overrides it (kvm-host's own test does).
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(120);
 
 /// The test host's CPU: QEMU's `max` (svm, npt, xsave). `max,la57=off,vgif=off` was
@@ -228,6 +229,10 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
         "kvm-host: no vmx/svm on this CPU; starting the nested test host ({}, {} vCPUs, {} MiB)",
         host.package, opts.cpus, opts.memory_mib
     );
+    let heartbeat_limit = std::env::var("BRIG_KVM_HOST_HEARTBEAT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(HEARTBEAT_LIMIT, Duration::from_secs);
     let start = Instant::now();
     let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
     let mut booted = false;
@@ -245,7 +250,7 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
                 );
             }
         }
-        let silent = booted.then(|| heartbeat_age(&run_dir)).flatten().filter(|age| *age > HEARTBEAT_LIMIT);
+        let silent = booted.then(|| heartbeat_age(&run_dir)).flatten().filter(|age| *age > heartbeat_limit);
         if start.elapsed() > opts.timeout || silent.is_some() {
             let why = match silent {
                 Some(age) => format!(
