@@ -14,7 +14,7 @@ fn time_run(containerd: &Containerd, runtime: &str, id: &str) -> Duration {
     let start = Instant::now();
     let out = containerd.ctr(&["run", "--rm", "--runtime", runtime, IMAGE, id, "true"]);
     let took = start.elapsed();
-    assert!(out.status.success(), "{runtime}: {}\n{}", String::from_utf8_lossy(&out.stderr), containerd.log());
+    containerd.assert_ok(&out);
     took
 }
 
@@ -51,8 +51,7 @@ fn main() {
     }
     println!("  brig / runc (median): {:.1}x", ms(b.1) / ms(r.1));
 
-    let out = containerd.ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, "resident", "sleep", "1000"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    containerd.assert_ok(&containerd.run_with(&["-d"], "resident", &["sleep", "1000"]));
     let vmm = containerd.wait_for_status("resident", "RUNNING");
     std::thread::sleep(Duration::from_secs(1));
     let shim = shim_pid("resident").expect("shim") as u32;
@@ -60,10 +59,7 @@ fn main() {
     println!("  containerd-shim-brig-v2 VmRSS      {:>6} KiB", status_kib(shim, &["VmRSS:"]));
     println!("  brig-vmm RssAnon + RssFile        {:>6} KiB", status_kib(vmm, &["RssAnon:", "RssFile:"]));
     println!("  brig-vmm RssShmem (guest touched) {:>6} KiB", status_kib(vmm, &["RssShmem:"]));
-    let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "resident"]);
-    containerd.wait_for_status("resident", "STOPPED");
-    let _ = containerd.ctr(&["task", "delete", "resident"]);
-    let _ = containerd.ctr(&["container", "delete", "resident"]);
+    containerd.kill_and_delete("resident");
 }
 
 fn ms(d: Duration) -> f64 {

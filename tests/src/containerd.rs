@@ -19,6 +19,16 @@ pub struct Containerd {
     pub address: PathBuf,
 }
 
+/// A command's standard output, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!("status {:?}\nstdout: {}\nstderr: {}", out.status, stdout(out), String::from_utf8_lossy(&out.stderr))
+}
+
 /// Installs brig into the (test host's) system paths, as a user would.
 pub fn install_brig() {
     let out = Command::new(crate::artifact("BRIG_XTASK_BIN"))
@@ -36,14 +46,25 @@ pub fn install_brig() {
 impl Containerd {
     /// Starts containerd and imports the test image.
     pub fn start() -> Containerd {
-        Self::start_with_env(&[])
+        Self::launch(None)
     }
 
-    /// [`Containerd::start`] with extra environment, which its shims inherit
-    /// (`BRIG_CONFIG` gives them another config file).
-    pub fn start_with_env(env: &[(&str, &std::ffi::OsStr)]) -> Containerd {
+    /// [`Containerd::start`] with brig's configuration replaced by `config` (TOML): it
+    /// is written to containerd's scratch directory and named by `BRIG_CONFIG`, which
+    /// containerd's shims inherit.
+    pub fn start_with_brig_config(config: &str) -> Containerd {
+        Self::launch(Some(config))
+    }
+
+    fn launch(brig_config: Option<&str>) -> Containerd {
         install_brig();
         let dir = Scratch::new("containerd");
+        let mut env = Vec::new();
+        if let Some(text) = brig_config {
+            let path = dir.join("brig-config.toml");
+            std::fs::write(&path, text).expect("brig config");
+            env.push(("BRIG_CONFIG", path));
+        }
         let address = dir.join("containerd.sock");
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
@@ -59,7 +80,7 @@ impl Containerd {
         let child = Command::new("containerd")
             .arg("--config")
             .arg(dir.join("config.toml"))
-            .envs(env.iter().copied())
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -78,6 +99,24 @@ impl Containerd {
         let out = containerd.ctr(&["image", "import", &image.to_string_lossy()]);
         assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
         containerd
+    }
+
+    /// Asserts that a `ctr` command succeeded; shows its output and containerd's log.
+    #[track_caller]
+    pub fn assert_ok(&self, out: &Output) {
+        assert!(out.status.success(), "{}\ncontainerd's log:\n{}", describe(out), self.log());
+    }
+
+    /// `ctr task kill -s SIGKILL`, then, once the task is stopped, `ctr task delete`
+    /// and `ctr container delete`, each asserted. Returns `task delete`'s output: its
+    /// stderr has the exit-status warning.
+    pub fn kill_and_delete(&self, id: &str) -> Output {
+        self.assert_ok(&self.ctr(&["task", "kill", "-s", "SIGKILL", id]));
+        self.wait_for_status(id, "STOPPED");
+        let delete = self.ctr(&["task", "delete", id]);
+        self.assert_ok(&delete);
+        self.assert_ok(&self.ctr(&["container", "delete", id]));
+        delete
     }
 
     pub fn log(&self) -> String {

@@ -2,40 +2,24 @@
 //! SIGKILL, a configuration that points nowhere, a guest that never answers.
 //! Nothing may remain: no processes, mounts, sockets, state or private images.
 
-use std::process::Output;
-
-use brig_tests::containerd::{shim_pid, Containerd};
+use brig_tests::containerd::{describe, shim_pid, Containerd};
 use brig_tests::scratch::Scratch;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn assert_ok(out: &Output, containerd: &Containerd) {
-    assert!(out.status.success(), "{}\ncontainerd's log:\n{}", describe(out), containerd.log());
-}
 
 #[test]
 #[ignore = "needs kvm-host: run with `cargo xtask test`"]
 fn a_killed_vmm_ends_the_task_with_an_error_and_delete_still_works() {
     brig_tests::require_kvm_host();
     let containerd = Containerd::start();
-    assert_ok(&containerd.run_with(&["-d"], "victim", &["sleep", "1000"]), &containerd);
+    containerd.assert_ok(&containerd.run_with(&["-d"], "victim", &["sleep", "1000"]));
     let vmm = containerd.wait_for_status("victim", "RUNNING");
     kill(Pid::from_raw(vmm as i32), Signal::SIGKILL).expect("kill brig-vmm");
     containerd.wait_for_status("victim", "STOPPED");
     let delete = containerd.ctr(&["task", "delete", "victim"]);
-    assert_ok(&delete, &containerd);
+    containerd.assert_ok(&delete);
     assert!(String::from_utf8_lossy(&delete.stderr).contains("exit code 255"), "{}", describe(&delete));
-    assert_ok(&containerd.ctr(&["container", "delete", "victim"]), &containerd);
+    containerd.assert_ok(&containerd.ctr(&["container", "delete", "victim"]));
     containerd.assert_no_leftovers("after kill -9 of brig-vmm");
 
     // A foreground `ctr run` gets the error status too.
@@ -52,7 +36,7 @@ fn a_killed_vmm_ends_the_task_with_an_error_and_delete_still_works() {
 fn a_killed_shim_is_cleaned_up_by_containerds_shim_delete() {
     brig_tests::require_kvm_host();
     let containerd = Containerd::start();
-    assert_ok(&containerd.run_with(&["-d"], "orphan", &["sleep", "1000"]), &containerd);
+    containerd.assert_ok(&containerd.run_with(&["-d"], "orphan", &["sleep", "1000"]));
     let vmm = containerd.wait_for_status("orphan", "RUNNING");
     let shim = shim_pid("orphan").expect("the shim of task orphan is running");
     kill(Pid::from_raw(shim), Signal::SIGKILL).expect("kill the shim");
@@ -60,10 +44,10 @@ fn a_killed_shim_is_cleaned_up_by_containerds_shim_delete() {
     containerd.assert_no_leftovers("after kill -9 of the shim");
     assert!(!std::path::Path::new(&format!("/proc/{vmm}")).exists(), "brig-vmm {vmm} is gone");
     let _ = containerd.ctr(&["task", "delete", "orphan"]);
-    assert_ok(&containerd.ctr(&["container", "delete", "orphan"]), &containerd);
+    containerd.assert_ok(&containerd.ctr(&["container", "delete", "orphan"]));
     // The same name can run again.
     let again = containerd.run("orphan", &["true"]);
-    assert_ok(&again, &containerd);
+    containerd.assert_ok(&again);
     containerd.assert_no_leftovers("after running again");
 }
 
@@ -71,10 +55,7 @@ fn a_killed_shim_is_cleaned_up_by_containerds_shim_delete() {
 #[ignore = "needs kvm-host: run with `cargo xtask test`"]
 fn a_missing_kernel_is_a_clear_error_that_leaves_nothing() {
     brig_tests::require_kvm_host();
-    let scratch = Scratch::new("bad-config");
-    let config = scratch.join("config.toml");
-    std::fs::write(&config, "kernel = \"/nonexistent/vmlinux\"\n").expect("config");
-    let containerd = Containerd::start_with_env(&[("BRIG_CONFIG", config.as_os_str())]);
+    let containerd = Containerd::start_with_brig_config("kernel = \"/nonexistent/vmlinux\"\n");
     let out = containerd.run("nokernel", &["true"]);
     assert!(!out.status.success(), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -84,11 +65,8 @@ fn a_missing_kernel_is_a_clear_error_that_leaves_nothing() {
 
 /// Runs `ctr run` with a config whose initramfs is `initramfs`; returns ctr's stderr.
 fn run_with_initramfs(name: &str, initramfs: &std::path::Path) -> String {
-    let scratch = Scratch::new(name);
-    let config = scratch.join("config.toml");
-    std::fs::write(&config, format!("initramfs = \"{}\"\nagent_timeout_secs = 8\n", initramfs.display()))
-        .expect("config");
-    let containerd = Containerd::start_with_env(&[("BRIG_CONFIG", config.as_os_str())]);
+    let config = format!("initramfs = \"{}\"\nagent_timeout_secs = 8\n", initramfs.display());
+    let containerd = Containerd::start_with_brig_config(&config);
     let out = containerd.run(name, &["true"]);
     assert!(!out.status.success(), "{}", describe(&out));
     containerd.assert_no_leftovers(name);

@@ -5,20 +5,7 @@ use std::io::Write;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use brig_tests::containerd::Containerd;
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!("status {:?}\nstdout: {}\nstderr: {}", out.status, stdout(out), String::from_utf8_lossy(&out.stderr))
-}
-
-#[track_caller]
-fn assert_ok(out: &Output, containerd: &Containerd) {
-    assert!(out.status.success(), "{}\ncontainerd's log:\n{}", describe(out), containerd.log());
-}
+use brig_tests::containerd::{describe, stdout, Containerd};
 
 /// The guest kernel is brig's (built from linux-source), not the host's.
 fn host_kernel() -> String {
@@ -56,7 +43,7 @@ fn stdin_reaches_the_process_and_its_end_ends_it() {
     input.write_all(text.as_bytes()).expect("write stdin");
     drop(input);
     let out = ctr.wait_with_output().expect("ctr");
-    assert_ok(&out, &containerd);
+    containerd.assert_ok(&out);
     assert_eq!(stdout(&out), format!("{}done\n", text.to_uppercase()));
     containerd.assert_no_leftovers("ctr run -i");
 }
@@ -71,7 +58,7 @@ fn env_and_cwd_come_from_the_image_and_the_command_line() {
         "env",
         &["sh", "-c", "echo \"$GREETING|$(pwd)|$PATH\""],
     );
-    assert_ok(&out, &containerd);
+    containerd.assert_ok(&out);
     let line = stdout(&out);
     let fields: Vec<&str> = line.trim().split('|').collect();
     assert_eq!(fields[..2], ["hi there", "/etc"], "{line}");
@@ -86,7 +73,7 @@ fn a_running_task_can_be_exec_d_into_listed_measured_paused_and_resumed() {
     let containerd = Containerd::start();
     // Ticks with the guest's uptime every 0.1s: a freeze shows up as a gap.
     let ticker = "while true; do cut -d' ' -f1 /proc/uptime >> /tmp/ticks; sleep 0.1; done";
-    assert_ok(&containerd.run_with(&["-d"], "busy", &["sh", "-c", ticker]), &containerd);
+    containerd.assert_ok(&containerd.run_with(&["-d"], "busy", &["sh", "-c", ticker]));
     let pid = containerd.wait_for_status("busy", "RUNNING");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the task's pid is brig-vmm on the host");
 
@@ -95,38 +82,34 @@ fn a_running_task_can_be_exec_d_into_listed_measured_paused_and_resumed() {
     assert!(stdout(&exec).starts_with("/ "), "{}", describe(&exec));
 
     let ps = containerd.ctr(&["task", "ps", "busy"]);
-    assert_ok(&ps, &containerd);
+    containerd.assert_ok(&ps);
     let pids = stdout(&ps).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
     assert!(pids >= 1, "ctr task ps lists the guest processes: {}", describe(&ps));
 
     let metrics = containerd.ctr(&["task", "metrics", "--format", "json", "busy"]);
-    assert_ok(&metrics, &containerd);
+    containerd.assert_ok(&metrics);
     let m: serde_json::Value =
         serde_json::from_slice(&metrics.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&metrics)));
     assert!(m["pids"]["current"].as_u64().unwrap_or(0) >= 1, "{m}");
     assert!(m["memory"]["usage"].as_u64().unwrap_or(0) > 0, "{m}");
     assert!(m["cpu"]["usage_usec"].as_u64().unwrap_or(0) > 0, "{m}");
 
-    assert_ok(&containerd.ctr(&["task", "pause", "busy"]), &containerd);
+    containerd.assert_ok(&containerd.ctr(&["task", "pause", "busy"]));
     containerd.wait_for_status("busy", "PAUSED");
     std::thread::sleep(Duration::from_secs(2));
-    assert_ok(&containerd.ctr(&["task", "resume", "busy"]), &containerd);
+    containerd.assert_ok(&containerd.ctr(&["task", "resume", "busy"]));
     containerd.wait_for_status("busy", "RUNNING");
     std::thread::sleep(Duration::from_millis(500));
     let ticks = containerd.ctr(&["task", "exec", "--exec-id", "ticks", "busy", "cat", "/tmp/ticks"]);
-    assert_ok(&ticks, &containerd);
+    containerd.assert_ok(&ticks);
     let times: Vec<f64> = stdout(&ticks).lines().filter_map(|l| l.trim().parse().ok()).collect();
     let longest = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     assert!(longest >= 1.8, "the ticker never stopped for the 2s pause (longest gap {longest:.2}s)");
     assert!(*times.last().unwrap_or(&0.0) > times[0] + longest, "it ticks again after resume: {times:?}");
 
-    assert_ok(&containerd.ctr(&["task", "kill", "-s", "SIGKILL", "busy"]), &containerd);
-    containerd.wait_for_status("busy", "STOPPED");
-    let delete = containerd.ctr(&["task", "delete", "busy"]);
-    assert_ok(&delete, &containerd);
+    let delete = containerd.kill_and_delete("busy");
     let warning = String::from_utf8_lossy(&delete.stderr);
     assert!(warning.contains("exit code 137"), "delete reports SIGKILL's status: {}", describe(&delete));
-    assert_ok(&containerd.ctr(&["container", "delete", "busy"]), &containerd);
     containerd.assert_no_leftovers("exec, ps, metrics, pause, resume, kill, delete");
 }
 
@@ -144,7 +127,7 @@ fn kill_delivers_the_signal_to_the_container() {
         .expect("ctr runs");
     containerd.wait_for_status("trap", "RUNNING");
     std::thread::sleep(Duration::from_millis(500));
-    assert_ok(&containerd.ctr(&["task", "kill", "trap"]), &containerd);
+    containerd.assert_ok(&containerd.ctr(&["task", "kill", "trap"]));
     let out = ctr.wait_with_output().expect("ctr");
     assert_eq!(out.status.code(), Some(42), "{}", describe(&out));
     assert_eq!(stdout(&out), "ready\ngot TERM\n");
@@ -178,12 +161,12 @@ fn the_vm_is_sized_from_the_specs_resources() {
         (f[0].parse().expect("nproc"), f[1].parse().expect("MemTotal"))
     };
     let limits = ["-d", "--memory-limit", "268435456", "--cpus", "2"];
-    assert_ok(&containerd.run_with(&limits, "sized", &["sleep", "1000"]), &containerd);
+    containerd.assert_ok(&containerd.run_with(&limits, "sized", &["sleep", "1000"]));
     containerd.wait_for_status("sized", "RUNNING");
     let mut exec = vec!["task", "exec", "--exec-id", "report", "sized"];
     exec.extend_from_slice(&report);
     let sized = containerd.ctr(&exec);
-    assert_ok(&sized, &containerd);
+    containerd.assert_ok(&sized);
     let (cpus, mem_kib) = parse(&sized);
     assert_eq!(cpus, 2, "--cpus 2 gives the VM two vCPUs");
     assert!(mem_kib > 256 * 1024, "the guest has room for the 256 MiB limit: {mem_kib} KiB");
@@ -191,13 +174,10 @@ fn the_vm_is_sized_from_the_specs_resources() {
     let m: serde_json::Value =
         serde_json::from_slice(&metrics.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&metrics)));
     assert_eq!(m["memory"]["usage_limit"].as_u64(), Some(268435456), "the container's cgroup has the limit: {m}");
-    assert_ok(&containerd.ctr(&["task", "kill", "-s", "SIGKILL", "sized"]), &containerd);
-    containerd.wait_for_status("sized", "STOPPED");
-    assert_ok(&containerd.ctr(&["task", "delete", "sized"]), &containerd);
-    assert_ok(&containerd.ctr(&["container", "delete", "sized"]), &containerd);
+    containerd.kill_and_delete("sized");
 
     let default = containerd.run("default", &report);
-    assert_ok(&default, &containerd);
+    containerd.assert_ok(&default);
     let (cpus, mem_kib) = parse(&default);
     assert_eq!(cpus, 1, "config.toml's default_vcpus");
     assert!(mem_kib < 128 * 1024, "the default VM has config.toml's 128 MiB: {mem_kib} KiB");

@@ -40,9 +40,11 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
-    pub fn env(&self) -> Vec<(String, String)> {
+    /// The variables that name the artifacts for tests, benchmarks and the demo, and
+    /// `BRIG_XTASK_BIN` (this xtask, which they run as `install --no-build`).
+    pub fn env(&self) -> Result<Vec<(String, String)>> {
         let s = |p: &Path| p.to_string_lossy().into_owned();
-        vec![
+        Ok(vec![
             ("BRIG_GUEST_KERNEL".into(), s(&self.kernel)),
             ("BRIG_GUEST_INITRAMFS".into(), s(&self.initramfs)),
             ("BRIG_AGENT_BIN".into(), s(&self.agent)),
@@ -52,7 +54,8 @@ impl Artifacts {
             ("BRIG_TEST_ROOTFS_IMAGE".into(), s(&self.test_rootfs)),
             ("BRIG_SHIM_BIN".into(), s(&self.shim)),
             ("BRIG_OCI_IMAGE".into(), s(&self.oci_image)),
-        ]
+            ("BRIG_XTASK_BIN".into(), crate::test::own_binary()?),
+        ])
     }
 }
 

@@ -52,11 +52,10 @@ pub fn run(names: &[String]) -> Result<()> {
                 let (packages, bench): (&[&str], _) =
                     if name == "boot" { (&["qemu-system-x86"], "boot") } else { (apt::CONTAINERD, "ctr_run") };
                 apt::ensure(packages)?;
-                let env = artifacts::build()?.env();
+                let env = artifacts::build()?.env()?;
                 let binary = bench_binary(bench)?;
                 let mut host = host.clone();
                 host.env = env;
-                host.env.push(("BRIG_XTASK_BIN".into(), crate::test::own_binary()?));
                 let code = testhost::run(&[binary.to_string_lossy().into_owned()], &host)?;
                 if code != 0 {
                     bail!("{name} benchmark failed in kvm-host ({code})");

@@ -15,7 +15,7 @@ use crate::{apt, artifacts, cargo, testhost};
 pub fn run() -> Result<()> {
     apt::ensure(apt::BASE)?;
     apt::ensure(apt::CONTAINERD)?;
-    let env = artifacts::build()?.env();
+    let env = artifacts::build()?.env()?;
     let demo = cargo::build_executables(&["build", "-p", "brig-tests", "--bin", "brig-demo"], |kind, _| kind == "bin")?
         .into_iter()
         .next()
@@ -23,7 +23,6 @@ pub fn run() -> Result<()> {
     let mut host = testhost::Options::new(crate::workspace_root());
     host.timeout = Duration::from_secs(10 * 60);
     host.env = env;
-    host.env.push(("BRIG_XTASK_BIN".into(), crate::test::own_binary()?));
     let code = testhost::run(&[demo.to_string_lossy().into_owned()], &host)?;
     if code != 0 {
         bail!("the demo failed (exit {code})");

@@ -59,7 +59,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
 
     let start = Instant::now();
-    let env = artifacts::build()?.env();
+    let env = artifacts::build()?.env()?;
     phase("guest artifacts", start);
 
     let start = Instant::now();
@@ -77,13 +77,13 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut host = testhost::Options::new(crate::workspace_root());
     host.timeout = BINARY_TIMEOUT;
     host.env = env;
-    host.env.push(("BRIG_XTASK_BIN".into(), own_binary()?));
+    let xtask = own_binary()?;
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for binary in &binaries {
         let name =
             binary.file_name().map_or_else(|| binary.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let mut argv = vec![own_binary()?, "in-host-tests".to_owned()];
+        let mut argv = vec![xtask.clone(), "in-host-tests".to_owned()];
         if let Some(filter) = &opts.filter {
             argv.extend(["--filter".to_owned(), filter.clone()]);
         }

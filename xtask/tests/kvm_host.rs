@@ -9,9 +9,14 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn kvm_host(args: &[&str]) -> Output {
+    kvm_host_with_env(args, &[])
+}
+
+fn kvm_host_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("kvm-host")
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run xtask kvm-host")
@@ -69,12 +74,10 @@ fn runs_commands_where_kvm_can_boot_linux() {
         let freeze = "run=$(sed 's/.*brig.run=\\([^ ]*\\).*/\\1/' /proc/cmdline); \
                       until mkdir \"$run/heartbeat\" 2>/dev/null; do rm -f \"$run/heartbeat\"; done; sleep 600";
         let start = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["kvm-host", "--timeout", "300", "--", "sh", "-c", freeze])
-            .env("BRIG_KVM_HOST_HEARTBEAT_SECS", "15")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run xtask kvm-host");
+        let out = kvm_host_with_env(
+            &["--timeout", "300", "--", "sh", "-c", freeze],
+            &[("BRIG_KVM_HOST_HEARTBEAT_SECS", "15")],
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(125), "{stderr}");
         assert!(start.elapsed() < Duration::from_secs(120), "took {:?}", start.elapsed());

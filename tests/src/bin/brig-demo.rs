@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use brig_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use brig_tests::containerd::{describe, Containerd, IMAGE, RUNTIME};
 
 /// What each container prints about where it runs.
 const SCRIPT: &str = "echo \"  kernel:   $(uname -r)\"; \
@@ -47,13 +47,7 @@ fn main() -> Result<()> {
 
 fn check(out: &Output, containerd: &Containerd) -> Result<()> {
     if !out.status.success() {
-        bail!(
-            "ctr run failed ({}):\n{}{}\ncontainerd's log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            containerd.log()
-        );
+        bail!("ctr run failed: {}\ncontainerd's log:\n{}", describe(out), containerd.log());
     }
     Ok(())
 }
