@@ -36,6 +36,23 @@ fn how(flags: OFlag) -> OpenHow {
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
 }
 
+/// How often a lookup is retried when the kernel answers `EAGAIN`.
+const EAGAIN_RETRIES: usize = 128;
+
+/// `openat2` inside the root. With `RESOLVE_IN_ROOT` the kernel refuses a lookup
+/// through `..` with `EAGAIN` if any rename or mount happened on the system while it
+/// ran (it cannot then prove the walk stayed inside); such a lookup is retried.
+fn open_at(dir: impl AsFd, path: &Path, how: OpenHow) -> Result<OwnedFd, Errno> {
+    let mut result = openat2(dir.as_fd(), path, how);
+    for _ in 0..EAGAIN_RETRIES {
+        if !matches!(result, Err(Errno::EAGAIN)) {
+            break;
+        }
+        result = openat2(dir.as_fd(), path, how);
+    }
+    result
+}
+
 /// The path relative to the rootfs (`/a/b` → `a/b`); `.` and `..` are left for the
 /// kernel to resolve inside the root.
 fn relative(path: &Path) -> Result<PathBuf, PathError> {
@@ -49,7 +66,7 @@ fn relative(path: &Path) -> Result<PathBuf, PathError> {
 /// Opens an existing `path` inside `root` as an `O_PATH` descriptor.
 pub fn open_in_root(root: impl AsFd, path: &Path) -> Result<OwnedFd, PathError> {
     let rel = relative(path)?;
-    openat2(root, rel.as_path(), how(OFlag::O_PATH)).map_err(|source| PathError::Resolve { path: path.into(), source })
+    open_at(root, rel.as_path(), how(OFlag::O_PATH)).map_err(|source| PathError::Resolve { path: path.into(), source })
 }
 
 /// Opens `path` inside `root`, creating what is missing: directories, and for
@@ -60,7 +77,7 @@ pub fn create_in_root(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd
     let mut current = relative(path)?;
     // Each round creates one component or follows one symlink.
     for _ in 0..MAX_ROUNDS {
-        match openat2(root, current.as_path(), how(OFlag::O_PATH)) {
+        match open_at(root, current.as_path(), how(OFlag::O_PATH)) {
             Ok(fd) => return Ok(fd),
             Err(Errno::ENOENT) => {}
             Err(source) => return Err(PathError::Resolve { path: path.into(), source }),
@@ -74,10 +91,20 @@ pub fn create_in_root(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd
                 p
             }
         };
-        let missing = (0..components.len())
-            .find(|&i| openat2(root, prefix(i + 1).as_path(), how(OFlag::O_PATH)).is_err())
-            .ok_or_else(|| create_err(Errno::ENOENT))?;
-        let parent = openat2(root, prefix(missing).as_path(), how(OFlag::O_PATH | OFlag::O_DIRECTORY))
+        // The first component that does not exist; any other failure is an error.
+        let mut missing = None;
+        for i in 0..components.len() {
+            match open_at(root, prefix(i + 1).as_path(), how(OFlag::O_PATH)) {
+                Ok(_) => {}
+                Err(Errno::ENOENT) => {
+                    missing = Some(i);
+                    break;
+                }
+                Err(source) => return Err(PathError::Resolve { path: path.into(), source }),
+            }
+        }
+        let missing = missing.ok_or_else(|| create_err(Errno::ENOENT))?;
+        let parent = open_at(root, prefix(missing).as_path(), how(OFlag::O_PATH | OFlag::O_DIRECTORY))
             .map_err(|source| PathError::Resolve { path: path.into(), source })?;
         let name = components[missing].as_os_str();
         let rest: PathBuf = components[missing + 1..].iter().collect();
@@ -90,7 +117,7 @@ pub fn create_in_root(root: &OwnedFd, path: &Path, kind: Kind) -> Result<OwnedFd
             Ok(_) => return Err(create_err(Errno::ENOENT)),
             Err(Errno::ENOENT) if missing + 1 == components.len() && kind == Kind::File => {
                 let mode = Mode::from_bits_truncate(0o644);
-                let file = openat2(&parent, name, how(OFlag::O_CREAT | OFlag::O_WRONLY).mode(mode));
+                let file = open_at(&parent, Path::new(name), how(OFlag::O_CREAT | OFlag::O_WRONLY).mode(mode));
                 drop(file.map_err(create_err)?);
             }
             Err(Errno::ENOENT) => match mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
@@ -143,6 +170,36 @@ mod tests {
         // They were created inside the root, where the symlinks point when the root is `/`.
         assert!(dir.join("root").join(dir.join("outside/x").strip_prefix("/").expect("abs")).is_dir());
         assert!(dir.join("root/outside/x").is_dir());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn lookups_through_dotdot_survive_renames_elsewhere() {
+        let dir = scratch("renames");
+        let root = root_fd(&dir);
+        symlink("../../outside", dir.join("root/etc/up")).expect("symlink");
+        // Any rename on the system makes the kernel refuse a `..` lookup with EAGAIN.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renamer = {
+            let (stop, a, b) = (stop.clone(), dir.join("outside/a"), dir.join("outside/b"));
+            std::fs::write(&a, "").expect("file");
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::rename(&a, &b).expect("rename");
+                    std::fs::rename(&b, &a).expect("rename");
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
+            })
+        };
+        let results: Vec<_> = (0..300)
+            .map(|i| create_in_root(&root, Path::new(&format!("/etc/../etc/up/d{i}")), Kind::Dir).map(drop))
+            .collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        renamer.join().expect("renamer");
+        for result in results {
+            result.expect("created despite concurrent renames");
+        }
+        assert_eq!(std::fs::read_dir(dir.join("root/outside")).expect("inside").count(), 300);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
