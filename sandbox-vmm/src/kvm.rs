@@ -24,6 +24,7 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
     (Cap::Pit2, "KVM_CAP_PIT2"),
     (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
     (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    (Cap::TscDeadlineTimer, "KVM_CAP_TSC_DEADLINE_TIMER"),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -39,3 +39,18 @@ fn boots_with_1_vcpu_and_128_mib() {
 fn boots_with_2_vcpus_and_256_mib() {
     boots_to_agent_with(2, 256);
 }
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn guests_time_with_the_tsc_deadline_timer_not_the_pit() {
+    brig_tests::require_kvm_host();
+    // Without `quiet`, Linux reports the timer it found; without the TSC-deadline timer
+    // it calibrates the LAPIC against the PIT, and under load keeps the PIT (ADR 007).
+    let mut vm = VmSpec::new().cmdline("console=ttyS0").start();
+    let agent = vm.agent(BOOT).expect("agent reachable");
+    let console = vm.console_text();
+    assert!(console.contains("TSC deadline timer available"), "the guest has no TSC-deadline timer:\n{console}");
+    agent.shutdown(context::with_timeout(10_000_000_000), &ShutdownRequest::new()).expect("shutdown");
+    let status = vm.wait(Duration::from_secs(30)).expect("brig-vmm exits");
+    assert_eq!(status.code(), Some(0), "{}", vm.diagnostics());
+}

@@ -11,6 +11,7 @@ use super::layout::{BOOT_STACK_POINTER, GDT_START, IDT_START, PML4_START, ZERO_P
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 
 const LEAF_XSAVE: u32 = 0xd;
@@ -47,14 +48,20 @@ const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
 /// Adjusts KVM's supported CPUID for vCPU `index` of `count`: APIC ids, topology,
-/// and the hypervisor bit.
+/// the hypervisor bit, and the TSC-deadline timer.
+///
+/// KVM emulates the TSC-deadline timer in its in-kernel LAPIC (`KVM_CAP_TSC_DEADLINE_TIMER`,
+/// which brig-vmm requires) but `KVM_GET_SUPPORTED_CPUID` did not report it before
+/// Linux 6.14. Without it, Linux calibrates the LAPIC timer against the PIT at boot and
+/// may keep the PIT as its tick or broadcast device, one or more port-I/O exits for
+/// every timer event (ADR 007).
 pub fn adjust_cpuid(cpuid: &mut CpuId, index: u8, count: u8) {
     let bits_for_cpus = u32::from(count).next_power_of_two().trailing_zeros();
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             LEAF_FEATURES => {
                 entry.ebx = (entry.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
-                entry.ecx |= ECX_HYPERVISOR;
+                entry.ecx |= ECX_HYPERVISOR | ECX_TSC_DEADLINE;
                 if count > 1 {
                     entry.edx |= EDX_HTT;
                 }
@@ -211,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn cpuid_carries_the_apic_id_and_cpu_count() {
+    fn cpuid_carries_the_apic_id_cpu_count_and_tsc_deadline() {
         let entries = [
             kvm_cpuid_entry2 { function: LEAF_FEATURES, ebx: 0xffff_0000, ..Default::default() },
             kvm_cpuid_entry2 { function: LEAF_TOPOLOGY, index: 1, ..Default::default() },
@@ -222,6 +229,7 @@ mod tests {
         assert_eq!(leaf1.ebx >> 24, 3);
         assert_eq!((leaf1.ebx >> 16) & 0xff, 4);
         assert_ne!(leaf1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(leaf1.ecx & ECX_TSC_DEADLINE, 0);
         let topo = cpuid.as_slice()[1];
         assert_eq!((topo.eax, topo.ebx, topo.edx), (2, 4, 3));
     }
