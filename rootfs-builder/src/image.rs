@@ -132,7 +132,9 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
 
 /// Writes an ext4 image of `dir` to `image` (replaced if it exists), `size_mib` MiB,
 /// with `mkfs.ext4 -d`: no mount, no root needed. The root directory is owned by 0:0;
-/// everything else keeps the owner it has in `dir`.
+/// everything else keeps the owner it has in `dir`. Inode times are copied from `dir`,
+/// access times included, so the same tree gives the same bytes only with the same
+/// timestamps: reading `dir` in between (as building an image does) can change them.
 pub fn ext4_image(dir: &Path, image: &Path, size_mib: u64) -> Result<()> {
     ensure!(dir.is_dir(), "{} is not a directory", dir.display());
     require_package("e2fsprogs", MKFS_EXT4)?;
@@ -413,9 +415,23 @@ mod tests {
         let fs_info = output(Command::new("/sbin/dumpe2fs").arg("-h").arg(&image));
         assert!(fs_info.contains(EXT4_UUID), "{fs_info}");
 
+        // Building read the files, which may have moved their access times (relatime).
         let again = tmp.0.join("again.img");
+        pin_times(&dir);
+        ext4_image(&dir, &image, 8).expect("image");
+        pin_times(&dir);
         ext4_image(&dir, &again, 8).expect("image");
-        assert!(fs::read(&image).expect("read") == fs::read(&again).expect("read"), "same directory, same bytes");
+        assert!(fs::read(&image).expect("read") == fs::read(&again).expect("read"), "same tree and times, same bytes");
+    }
+
+    /// Sets every entry's access and modification time under `dir` to one instant.
+    fn pin_times(dir: &Path) {
+        let status = Command::new("find")
+            .arg(dir)
+            .args(["-exec", "touch", "-h", "-d", "@1000000000", "{}", "+"])
+            .status()
+            .expect("find");
+        assert!(status.success(), "touch failed");
     }
 
     #[test]
