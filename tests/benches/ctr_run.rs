@@ -51,8 +51,7 @@ fn main() {
     }
     println!("  brig / runc (median): {:.1}x", ms(b.1) / ms(r.1));
 
-    containerd.assert_ok(&containerd.run_with(&["-d"], "resident", &["sleep", "1000"]));
-    let vmm = containerd.wait_for_status("resident", "RUNNING");
+    let vmm = containerd.run_idle("resident");
     std::thread::sleep(Duration::from_secs(1));
     let shim = shim_pid("resident").expect("shim") as u32;
     println!("one running brig task (default 128 MiB guest), host memory beyond guest RAM:");

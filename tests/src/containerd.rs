@@ -144,6 +144,13 @@ impl Containerd {
         self.run_command(options, id, args).output().expect("ctr runs")
     }
 
+    /// Starts task `id` detached, running `sleep 1000`, and waits until it runs;
+    /// returns its pid (brig-vmm's, for a brig task).
+    pub fn run_idle(&self, id: &str) -> u32 {
+        self.assert_ok(&self.run_with(&["-d"], id, &["sleep", "1000"]));
+        self.wait_for_status(id, "RUNNING")
+    }
+
     /// The `ctr run` command of [`Containerd::run_with`], to spawn.
     pub fn run_command(&self, options: &[&str], id: &str, args: &[&str]) -> Command {
         let mut all = vec!["run"];

@@ -3,10 +3,18 @@
 use std::time::Duration;
 
 use brig_protocol::agent::{GuestInfoRequest, PingRequest, ShutdownRequest};
+use brig_protocol::agent_ttrpc::AgentClient;
 use brig_protocol::ttrpc::context;
-use brig_tests::vm::VmSpec;
+use brig_tests::vm::{TestVm, VmSpec};
 
 const BOOT: Duration = Duration::from_secs(60);
+
+/// Asks the agent to power the guest off; brig-vmm must then exit cleanly.
+fn power_off(vm: &mut TestVm, agent: &AgentClient) {
+    agent.shutdown(context::with_timeout(10_000_000_000), &ShutdownRequest::new()).expect("shutdown");
+    let status = vm.wait(Duration::from_secs(30)).expect("brig-vmm exits");
+    assert_eq!(status.code(), Some(0), "a guest-initiated power-off is a clean exit\n{}", vm.diagnostics());
+}
 
 fn boots_to_agent_with(vcpus: u8, memory_mib: u64) {
     brig_tests::require_kvm_host();
@@ -22,9 +30,7 @@ fn boots_to_agent_with(vcpus: u8, memory_mib: u64) {
     assert!(info.kernel_release.starts_with("6.1."), "{}", info.kernel_release);
     eprintln!("agent ready after {:?}, guest uptime {} ms", vm.started.elapsed(), info.uptime_ms);
 
-    agent.shutdown(context::with_timeout(10_000_000_000), &ShutdownRequest::new()).expect("shutdown");
-    let status = vm.wait(Duration::from_secs(30)).expect("brig-vmm exits");
-    assert_eq!(status.code(), Some(0), "a guest-initiated power-off is a clean exit\n{}", vm.diagnostics());
+    power_off(&mut vm, &agent);
     assert!(!vm.vsock.exists() && !vm.api.exists(), "sockets are removed on exit");
 }
 
@@ -50,7 +56,5 @@ fn guests_time_with_the_tsc_deadline_timer_not_the_pit() {
     let agent = vm.agent(BOOT).expect("agent reachable");
     let console = vm.console_text();
     assert!(console.contains("TSC deadline timer available"), "the guest has no TSC-deadline timer:\n{console}");
-    agent.shutdown(context::with_timeout(10_000_000_000), &ShutdownRequest::new()).expect("shutdown");
-    let status = vm.wait(Duration::from_secs(30)).expect("brig-vmm exits");
-    assert_eq!(status.code(), Some(0), "{}", vm.diagnostics());
+    power_off(&mut vm, &agent);
 }

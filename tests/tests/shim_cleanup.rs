@@ -12,8 +12,7 @@ use nix::unistd::Pid;
 fn a_killed_vmm_ends_the_task_with_an_error_and_delete_still_works() {
     brig_tests::require_kvm_host();
     let containerd = Containerd::start();
-    containerd.assert_ok(&containerd.run_with(&["-d"], "victim", &["sleep", "1000"]));
-    let vmm = containerd.wait_for_status("victim", "RUNNING");
+    let vmm = containerd.run_idle("victim");
     kill(Pid::from_raw(vmm as i32), Signal::SIGKILL).expect("kill brig-vmm");
     containerd.wait_for_status("victim", "STOPPED");
     let delete = containerd.ctr(&["task", "delete", "victim"]);
@@ -36,8 +35,7 @@ fn a_killed_vmm_ends_the_task_with_an_error_and_delete_still_works() {
 fn a_killed_shim_is_cleaned_up_by_containerds_shim_delete() {
     brig_tests::require_kvm_host();
     let containerd = Containerd::start();
-    containerd.assert_ok(&containerd.run_with(&["-d"], "orphan", &["sleep", "1000"]));
-    let vmm = containerd.wait_for_status("orphan", "RUNNING");
+    let vmm = containerd.run_idle("orphan");
     let shim = shim_pid("orphan").expect("the shim of task orphan is running");
     kill(Pid::from_raw(shim), Signal::SIGKILL).expect("kill the shim");
     // containerd sees the shim's socket close and runs `containerd-shim-brig-v2 delete`.

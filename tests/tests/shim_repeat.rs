@@ -25,7 +25,7 @@ fn twenty_sequential_runs_reuse_one_image_and_leak_nothing() {
         let start = Instant::now();
         let out = containerd.run(&format!("seq-{i}"), &["sh", "-c", &format!("echo run {i}")]);
         took.push(start.elapsed());
-        assert!(out.status.success(), "run {i}: {}\n{}", String::from_utf8_lossy(&out.stderr), containerd.log());
+        containerd.assert_ok(&out);
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("run {i}\n"));
         let images = cached_images();
         if i == 0 {
@@ -61,7 +61,7 @@ fn five_parallel_runs_each_get_their_own_vm_and_leak_nothing() {
         runs.into_iter().map(|r| r.join().expect("run thread")).collect()
     });
     for (i, out) in outputs.iter().enumerate() {
-        assert!(out.status.success(), "run {i}: {}\n{}", String::from_utf8_lossy(&out.stderr), containerd.log());
+        containerd.assert_ok(out);
         assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("par {i}\n")), "run {i}");
     }
     let added = cached_images().into_iter().filter(|image| !images_before.contains(image)).count();
