@@ -14,6 +14,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 
 use super::layout::*;
 
+// Not in linux-loader's bootparam bindings (kvm-bindings has none of them either).
 const E820_RAM: u32 = 1;
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"

@@ -7,7 +7,7 @@ use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_segmen
 use super::boot::BOOT_GDT;
 use super::layout::{BOOT_STACK_POINTER, GDT_START, IDT_START, PML4_START, ZERO_PAGE_START};
 
-// CPUID leaves and bits.
+// CPUID leaves and bits (not in kvm-bindings, which has no CPUID feature bits).
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -17,7 +17,7 @@ const EDX_HTT: u32 = 1 << 28;
 const LEAF_XSAVE: u32 = 0xd;
 const ECX_XSAVE: u32 = 1 << 26;
 
-// MSRs set at boot.
+// MSRs set at boot (not in kvm-bindings, which has no MSR indices).
 const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
@@ -33,7 +33,7 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRRs enabled, default memory type write-back: without it the guest runs uncached.
 const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
 
-// Control registers.
+// Control register and EFER bits (not in kvm-bindings).
 const CR0_PE: u64 = 1;
 const CR0_ET: u64 = 1 << 4;
 const CR0_PG: u64 = 1 << 31;
@@ -41,7 +41,7 @@ const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-// LAPIC local vector table.
+// LAPIC local vector table (not in kvm-bindings).
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;

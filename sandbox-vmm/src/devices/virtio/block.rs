@@ -11,35 +11,29 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::FileExt;
 
 use serde_json::json;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
-use super::{read_config_bytes, ActivateError, Activation, SingleQueue, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use super::{feature, read_config_bytes, ActivateError, Activation, SingleQueue, VirtioDevice};
 use crate::config::BlockConfig;
 use crate::event_loop::EventOps;
 use crate::guest_warn;
 use crate::metrics::METRICS;
 
+/// virtio-blk sectors are 512 bytes whatever the image's block size (not in virtio-bindings).
 const SECTOR_SHIFT: u64 = 9;
 const QUEUE_SIZE: u16 = 256;
 /// Segments per request we tell the driver it may use.
 const SEG_MAX: u32 = 128;
 /// Larger requests are refused rather than buffered.
 const MAX_REQUEST: usize = 4 << 20;
-
-const F_SEG_MAX: u64 = 1 << 2;
-const F_RO: u64 = 1 << 5;
-const F_FLUSH: u64 = 1 << 9;
-
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
@@ -52,7 +46,7 @@ struct Disk {
     file: File,
     read_only: bool,
     capacity: u64,
-    id: [u8; 20],
+    id: [u8; VIRTIO_BLK_ID_BYTES as usize],
 }
 
 #[derive(Debug)]
@@ -68,10 +62,11 @@ impl Block {
         let open_err = |source| BlockError::Open { path: config.path.display().to_string(), source };
         let file = OpenOptions::new().read(true).write(!config.read_only).open(&config.path).map_err(open_err)?;
         let capacity = file.metadata().map_err(open_err)?.len();
-        let mut id = [0u8; 20];
+        let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
         if let Some(serial) = &config.serial {
             let bytes = serial.as_bytes();
-            id[..bytes.len().min(20)].copy_from_slice(&bytes[..bytes.len().min(20)]);
+            let n = bytes.len().min(id.len());
+            id[..n].copy_from_slice(&bytes[..n]);
         }
         let mut space = Vec::new();
         space.extend_from_slice(&(capacity >> SECTOR_SHIFT).to_le_bytes()); // capacity in sectors
@@ -107,31 +102,32 @@ impl Disk {
         let mut header = [0u8; 16];
         let status = if reader.read_exact(&mut header).is_err() {
             METRICS.virtio_bad_requests.inc();
-            S_IOERR
+            VIRTIO_BLK_S_IOERR
         } else {
             let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
             let mut sector = [0u8; 8];
             sector.copy_from_slice(&header[8..16]);
             let sector = u64::from_le_bytes(sector);
             match kind {
-                T_IN => self.read(sector, &mut writer),
-                T_OUT => self.write(sector, &mut reader),
-                T_FLUSH => self.flush(),
-                T_GET_ID => {
+                VIRTIO_BLK_T_IN => self.read(sector, &mut writer),
+                VIRTIO_BLK_T_OUT => self.write(sector, &mut reader),
+                VIRTIO_BLK_T_FLUSH => self.flush(),
+                VIRTIO_BLK_T_GET_ID => {
                     let n = writer.available_bytes().min(self.id.len());
                     if writer.write_all(&self.id[..n]).is_ok() {
-                        S_OK
+                        VIRTIO_BLK_S_OK
                     } else {
-                        S_IOERR
+                        VIRTIO_BLK_S_IOERR
                     }
                 }
-                _ => S_UNSUPP,
+                _ => VIRTIO_BLK_S_UNSUPP,
             }
         };
-        if status == S_IOERR {
+        if status == VIRTIO_BLK_S_IOERR {
             METRICS.block_errors.inc();
         }
-        if status_writer.write_all(&[status]).is_err() {
+        // The status is one byte on the ring; the bindings' values (0, 1, 2) fit it.
+        if status_writer.write_all(&[status as u8]).is_err() {
             return 0;
         }
         (writer.bytes_written() + 1) as u32
@@ -143,53 +139,53 @@ impl Disk {
         (len <= MAX_REQUEST && offset.checked_add(len as u64)? <= self.capacity).then_some(offset)
     }
 
-    fn read(&self, sector: u64, writer: &mut virtio_queue::Writer<'_>) -> u8 {
+    fn read(&self, sector: u64, writer: &mut virtio_queue::Writer<'_>) -> u32 {
         let len = writer.available_bytes();
         let Some(offset) = self.range(sector, len) else {
             guest_warn!("block read of {len} bytes at sector {sector} is out of range");
-            return S_IOERR;
+            return VIRTIO_BLK_S_IOERR;
         };
         let mut buf = vec![0u8; len];
         if self.file.read_exact_at(&mut buf, offset).is_err() || writer.write_all(&buf).is_err() {
-            return S_IOERR;
+            return VIRTIO_BLK_S_IOERR;
         }
         METRICS.block_reads.inc();
         METRICS.block_read_bytes.add(len as u64);
-        S_OK
+        VIRTIO_BLK_S_OK
     }
 
-    fn write(&self, sector: u64, reader: &mut virtio_queue::Reader<'_>) -> u8 {
+    fn write(&self, sector: u64, reader: &mut virtio_queue::Reader<'_>) -> u32 {
         if self.read_only {
             guest_warn!("write to a read-only block device refused");
-            return S_IOERR;
+            return VIRTIO_BLK_S_IOERR;
         }
         let len = reader.available_bytes();
         let Some(offset) = self.range(sector, len) else {
             guest_warn!("block write of {len} bytes at sector {sector} is out of range");
-            return S_IOERR;
+            return VIRTIO_BLK_S_IOERR;
         };
         let mut buf = vec![0u8; len];
         if reader.read_exact(&mut buf).is_err() || self.file.write_all_at(&buf, offset).is_err() {
-            return S_IOERR;
+            return VIRTIO_BLK_S_IOERR;
         }
         METRICS.block_writes.inc();
         METRICS.block_write_bytes.add(len as u64);
-        S_OK
+        VIRTIO_BLK_S_OK
     }
 
-    fn flush(&self) -> u8 {
+    fn flush(&self) -> u32 {
         METRICS.block_flushes.inc();
         if self.read_only || self.file.sync_data().is_ok() {
-            S_OK
+            VIRTIO_BLK_S_OK
         } else {
-            S_IOERR
+            VIRTIO_BLK_S_IOERR
         }
     }
 }
 
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
-        TYPE_BLOCK
+        VIRTIO_ID_BLOCK
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -197,8 +193,8 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        let ro = if self.disk.read_only { F_RO } else { 0 };
-        VIRTIO_F_VERSION_1 | F_FLUSH | F_SEG_MAX | ro
+        let ro = if self.disk.read_only { feature(VIRTIO_BLK_F_RO) } else { 0 };
+        feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_BLK_F_FLUSH) | feature(VIRTIO_BLK_F_SEG_MAX) | ro
     }
 
     fn set_acked_features(&mut self, features: u64) {
@@ -280,19 +276,36 @@ mod tests {
         block.disk.handle(mem, chain)
     }
 
-    fn status(mem: &GuestMemoryMmap) -> u8 {
-        mem.read_obj(GuestAddress(STATUS)).expect("status")
+    /// The status byte the device wrote, widened to the bindings' type.
+    fn status(mem: &GuestMemoryMmap) -> u32 {
+        u32::from(mem.read_obj::<u8>(GuestAddress(STATUS)).expect("status"))
+    }
+
+    #[test]
+    fn offered_features_are_the_spec_bits() {
+        // VERSION_1 (32), FLUSH (9), SEG_MAX (2), and RO (5) only for a read-only disk.
+        let (rw, rw_path) = disk("features-rw", &[0u8; 512], false);
+        assert_eq!(rw.avail_features(), 0x1_0000_0204);
+        let (ro, ro_path) = disk("features-ro", &[0u8; 512], true);
+        assert_eq!(ro.avail_features(), 0x1_0000_0224);
+        std::fs::remove_file(rw_path).expect("cleanup");
+        std::fs::remove_file(ro_path).expect("cleanup");
     }
 
     #[test]
     fn a_write_to_a_read_only_disk_is_refused_even_if_the_guest_ignores_the_flag() {
         let (block, path) = disk("ro", &[0x11; 4096], true);
-        assert_ne!(block.avail_features() & F_RO, 0, "the guest is told the disk is read-only");
+        assert_ne!(block.avail_features() & feature(VIRTIO_BLK_F_RO), 0, "the guest is told the disk is read-only");
         let mem = mem();
         mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).expect("data");
-        let used =
-            request(&block, &mem, T_OUT, 0, &[desc(HEADER, 16, false), desc(DATA, 512, false), desc(STATUS, 1, true)]);
-        assert_eq!((used, status(&mem)), (1, S_IOERR));
+        let used = request(
+            &block,
+            &mem,
+            VIRTIO_BLK_T_OUT,
+            0,
+            &[desc(HEADER, 16, false), desc(DATA, 512, false), desc(STATUS, 1, true)],
+        );
+        assert_eq!((used, status(&mem)), (1, VIRTIO_BLK_S_IOERR));
         assert_eq!(std::fs::read(&path).expect("image"), vec![0x11; 4096], "the image is untouched");
         std::fs::remove_file(path).expect("cleanup");
     }
@@ -303,18 +316,18 @@ mod tests {
         let mem = mem();
         mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).expect("data");
         let out = [desc(HEADER, 16, false), desc(DATA, 512, false), desc(STATUS, 1, true)];
-        assert_eq!((request(&block, &mem, T_OUT, 3, &out), status(&mem)), (1, S_OK));
+        assert_eq!((request(&block, &mem, VIRTIO_BLK_T_OUT, 3, &out), status(&mem)), (1, VIRTIO_BLK_S_OK));
         assert_eq!(&std::fs::read(&path).expect("image")[3 * 512..4 * 512], &[0x5a; 512]);
 
         mem.write_slice(&[0u8; 512], GuestAddress(DATA)).expect("clear");
         let inn = [desc(HEADER, 16, false), desc(DATA, 512, true), desc(STATUS, 1, true)];
-        assert_eq!((request(&block, &mem, T_IN, 3, &inn), status(&mem)), (513, S_OK));
+        assert_eq!((request(&block, &mem, VIRTIO_BLK_T_IN, 3, &inn), status(&mem)), (513, VIRTIO_BLK_S_OK));
         let mut back = [0u8; 512];
         mem.read_slice(&mut back, GuestAddress(DATA)).expect("read");
         assert_eq!(back, [0x5a; 512]);
 
         let id = [desc(HEADER, 16, false), desc(DATA, 20, true), desc(STATUS, 1, true)];
-        assert_eq!((request(&block, &mem, T_GET_ID, 0, &id), status(&mem)), (21, S_OK));
+        assert_eq!((request(&block, &mem, VIRTIO_BLK_T_GET_ID, 0, &id), status(&mem)), (21, VIRTIO_BLK_S_OK));
         let mut serial = [0u8; 11];
         mem.read_slice(&mut serial, GuestAddress(DATA)).expect("serial");
         assert_eq!(&serial, b"disk-serial");
@@ -327,22 +340,22 @@ mod tests {
         let mem = mem();
         // Past the end of the disk.
         let inn = [desc(HEADER, 16, false), desc(DATA, 512, true), desc(STATUS, 1, true)];
-        assert_eq!(request(&block, &mem, T_IN, 8, &inn), 1);
-        assert_eq!(status(&mem), S_IOERR);
+        assert_eq!(request(&block, &mem, VIRTIO_BLK_T_IN, 8, &inn), 1);
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR);
         // Sector number that overflows when turned into bytes.
-        assert_eq!(request(&block, &mem, T_IN, u64::MAX, &inn), 1);
-        assert_eq!(status(&mem), S_IOERR);
+        assert_eq!(request(&block, &mem, VIRTIO_BLK_T_IN, u64::MAX, &inn), 1);
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR);
         // A header shorter than 16 bytes.
-        assert_eq!(request(&block, &mem, T_IN, 0, &[desc(HEADER, 8, false), desc(STATUS, 1, true)]), 1);
-        assert_eq!(status(&mem), S_IOERR);
+        assert_eq!(request(&block, &mem, VIRTIO_BLK_T_IN, 0, &[desc(HEADER, 8, false), desc(STATUS, 1, true)]), 1);
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR);
         // No writable status byte at all: nothing to answer with.
-        assert_eq!(request(&block, &mem, T_IN, 0, &[desc(HEADER, 16, false)]), 0);
+        assert_eq!(request(&block, &mem, VIRTIO_BLK_T_IN, 0, &[desc(HEADER, 16, false)]), 0);
         // A buffer outside guest memory.
         let outside = [desc(HEADER, 16, false), desc(0xfff_0000, 512, true), desc(STATUS, 1, true)];
-        assert_eq!(request(&block, &mem, T_IN, 0, &outside), 0);
+        assert_eq!(request(&block, &mem, VIRTIO_BLK_T_IN, 0, &outside), 0);
         // An unknown request type.
         assert_eq!(request(&block, &mem, 77, 0, &[desc(HEADER, 16, false), desc(STATUS, 1, true)]), 1);
-        assert_eq!(status(&mem), S_UNSUPP);
+        assert_eq!(status(&mem), VIRTIO_BLK_S_UNSUPP);
         std::fs::remove_file(path).expect("cleanup");
     }
 }

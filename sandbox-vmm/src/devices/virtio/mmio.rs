@@ -9,28 +9,36 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG_GENERATION, VIRTIO_MMIO_DEVICE_FEATURES, VIRTIO_MMIO_DEVICE_FEATURES_SEL,
+    VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK,
+    VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+    VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM,
+    VIRTIO_MMIO_QUEUE_NUM_MAX, VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH,
+    VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS, VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION,
+};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{Activation, Interrupt, QueueSnapshot, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{feature, Activation, Interrupt, QueueSnapshot, VirtioDevice};
 use crate::devices::bus::BusDevice;
 use crate::event_loop::{EventOps, EventSubscriber};
 use crate::guest_warn;
 
+// The values of the magic and version registers; virtio-bindings has only the offsets.
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x4252_4947; // "BRIG"
 
-/// Offset of the queue-notify register (registered as ioeventfds by the builder).
-pub const QUEUE_NOTIFY: u64 = 0x50;
-const CONFIG_SPACE: u64 = 0x100;
-
-// Device status bits (the driver sets ACKNOWLEDGE = 1 and DRIVER = 2 first).
-const DRIVER_OK: u32 = 4;
-const FEATURES_OK: u32 = 8;
-const DEVICE_NEEDS_RESET: u32 = 64;
+/// `VIRTIO_MMIO_QUEUE_NOTIFY` as a bus offset, for the builder's ioeventfds.
+pub const QUEUE_NOTIFY: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+/// Where the device-specific configuration space starts.
+const CONFIG_SPACE: u64 = VIRTIO_MMIO_CONFIG as u64;
 
 /// Transport-level state for snapshots.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,20 +151,20 @@ impl MmioTransport {
             return;
         }
         let mut value = value;
-        if value & FEATURES_OK != 0 && self.status & FEATURES_OK == 0 {
+        if value & VIRTIO_CONFIG_S_FEATURES_OK != 0 && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
             let offered = self.device.avail_features();
-            if self.acked_features & !offered != 0 || self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+            if self.acked_features & !offered != 0 || self.acked_features & feature(VIRTIO_F_VERSION_1) == 0 {
                 guest_warn!(
                     "driver accepted features {:#x} not offered ({offered:#x}) or without VERSION_1",
                     self.acked_features
                 );
-                value &= !FEATURES_OK;
+                value &= !VIRTIO_CONFIG_S_FEATURES_OK;
             } else {
                 self.device.set_acked_features(self.acked_features);
             }
         }
         self.status = value;
-        if value & DRIVER_OK != 0 && value & FEATURES_OK != 0 && !self.activated {
+        if value & VIRTIO_CONFIG_S_DRIVER_OK != 0 && value & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.activated {
             self.activate();
         }
     }
@@ -191,7 +199,7 @@ impl MmioTransport {
     }
 
     fn needs_reset(&mut self) {
-        self.status |= DEVICE_NEEDS_RESET;
+        self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         self.interrupt.signal_config_change();
     }
 
@@ -211,23 +219,23 @@ impl MmioTransport {
         }
     }
 
-    fn read_register(&mut self, offset: u64) -> u32 {
+    fn read_register(&mut self, offset: u32) -> u32 {
         let features_page = |features: u64, select: u32| match select {
             0 => features as u32,
             1 => (features >> 32) as u32,
             _ => 0,
         };
         match offset {
-            0x00 => MAGIC,
-            0x04 => VERSION,
-            0x08 => self.device.device_type(),
-            0x0c => VENDOR_ID,
-            0x10 => features_page(self.device.avail_features(), self.features_select),
-            0x34 => self.selected_queue_ref().map_or(0, |q| u32::from(q.max_size())),
-            0x44 => self.selected_queue_ref().is_some_and(|q| q.ready()) as u32,
-            0x60 => self.interrupt.status(),
-            0x70 => self.status,
-            0xfc => self.config_generation,
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => features_page(self.device.avail_features(), self.features_select),
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue_ref().map_or(0, |q| u32::from(q.max_size())),
+            VIRTIO_MMIO_QUEUE_READY => self.selected_queue_ref().is_some_and(|q| q.ready()) as u32,
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
             _ => {
                 guest_warn!("read of unknown virtio-mmio register {offset:#x}");
                 0
@@ -243,11 +251,11 @@ impl MmioTransport {
         }
     }
 
-    fn write_register(&mut self, offset: u64, value: u32) {
+    fn write_register(&mut self, offset: u32, value: u32) {
         match offset {
-            0x14 => self.features_select = value,
-            0x20 => {
-                if self.status & FEATURES_OK != 0 {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.features_select = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => {
+                if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
                     guest_warn!("features written after FEATURES_OK");
                     return;
                 }
@@ -258,32 +266,44 @@ impl MmioTransport {
                 };
                 self.acked_features = (self.acked_features & !(0xffff_ffff_u64 << shift)) | (u64::from(value) << shift);
             }
-            0x24 => self.acked_features_select = value,
-            0x30 => self.queue_select = value,
-            0x38 => {
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.acked_features_select = value,
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
+            VIRTIO_MMIO_QUEUE_NUM => {
                 if let Some(q) = self.selected_queue() {
                     q.set_size(value as u16);
                 }
             }
-            0x44 => {
+            VIRTIO_MMIO_QUEUE_READY => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(value == 1);
                 }
             }
-            QUEUE_NOTIFY => {
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
                 // Normally caught by the ioeventfd; forward it if it arrives here.
                 if let Some(evt) = self.queue_evts.get(value as usize) {
                     let _ = evt.write(1);
                 }
             }
-            0x64 => self.interrupt.ack(value),
-            0x70 => self.set_status(value),
-            0x80 => self.selected_queue().map_or((), |q| q.set_desc_table_address(Some(value), None)),
-            0x84 => self.selected_queue().map_or((), |q| q.set_desc_table_address(None, Some(value))),
-            0x90 => self.selected_queue().map_or((), |q| q.set_avail_ring_address(Some(value), None)),
-            0x94 => self.selected_queue().map_or((), |q| q.set_avail_ring_address(None, Some(value))),
-            0xa0 => self.selected_queue().map_or((), |q| q.set_used_ring_address(Some(value), None)),
-            0xa4 => self.selected_queue().map_or((), |q| q.set_used_ring_address(None, Some(value))),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => {
+                self.selected_queue().map_or((), |q| q.set_desc_table_address(Some(value), None))
+            }
+            VIRTIO_MMIO_QUEUE_DESC_HIGH => {
+                self.selected_queue().map_or((), |q| q.set_desc_table_address(None, Some(value)))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                self.selected_queue().map_or((), |q| q.set_avail_ring_address(Some(value), None))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
+                self.selected_queue().map_or((), |q| q.set_avail_ring_address(None, Some(value)))
+            }
+            VIRTIO_MMIO_QUEUE_USED_LOW => {
+                self.selected_queue().map_or((), |q| q.set_used_ring_address(Some(value), None))
+            }
+            VIRTIO_MMIO_QUEUE_USED_HIGH => {
+                self.selected_queue().map_or((), |q| q.set_used_ring_address(None, Some(value)))
+            }
             _ => guest_warn!("write of unknown virtio-mmio register {offset:#x}"),
         }
     }
@@ -298,7 +318,8 @@ impl BusDevice for MmioTransport {
         if offset >= CONFIG_SPACE {
             self.device.read_config(offset - CONFIG_SPACE, data);
         } else if data.len() == 4 {
-            data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+            // Below CONFIG_SPACE, so the offset fits the bindings' u32 register offsets.
+            data.copy_from_slice(&self.read_register(offset as u32).to_le_bytes());
         } else {
             guest_warn!("{}-byte read of virtio-mmio register {offset:#x}", data.len());
             data.fill(0);
@@ -310,7 +331,8 @@ impl BusDevice for MmioTransport {
             self.device.write_config(offset - CONFIG_SPACE, data);
             self.config_generation = self.config_generation.wrapping_add(1);
         } else if let Ok(bytes) = <[u8; 4]>::try_from(data) {
-            self.write_register(offset, u32::from_le_bytes(bytes));
+            // Below CONFIG_SPACE, as in `read`.
+            self.write_register(offset as u32, u32::from_le_bytes(bytes));
         } else {
             guest_warn!("{}-byte write of virtio-mmio register {offset:#x}", data.len());
         }
@@ -330,10 +352,8 @@ mod tests {
     use super::*;
     use crate::devices::virtio::ActivateError;
     use crate::event_loop::DeviceEvents;
+    use virtio_bindings::virtio_config::{VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER};
     use vm_memory::GuestAddress;
-
-    const ACKNOWLEDGE: u32 = 1;
-    const DRIVER: u32 = 2;
 
     struct Dummy {
         queues: Vec<Queue>,
@@ -348,7 +368,7 @@ mod tests {
             &[16]
         }
         fn avail_features(&self) -> u64 {
-            VIRTIO_F_VERSION_1 | 1
+            feature(VIRTIO_F_VERSION_1) | 1
         }
         fn set_acked_features(&mut self, features: u64) {
             self.acked = features;
@@ -386,10 +406,10 @@ mod tests {
     }
 
     fn negotiate(t: &mut MmioTransport, features_hi: u32) {
-        write(t, 0x70, ACKNOWLEDGE | DRIVER);
+        write(t, 0x70, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
         write(t, 0x24, 1);
         write(t, 0x20, features_hi);
-        write(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        write(t, 0x70, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK);
     }
 
     #[test]
@@ -403,25 +423,54 @@ mod tests {
         assert_eq!(read(&mut t, 0x34), 16);
     }
 
+    /// The registers the other tests leave out, at the spec's offsets (the match uses
+    /// virtio-bindings' names).
+    #[test]
+    fn registers_sit_at_the_spec_offsets() {
+        let mut t = transport();
+        assert_eq!(read(&mut t, 0x0c), VENDOR_ID);
+        t.interrupt().signal_used_queue();
+        assert_eq!(read(&mut t, 0x60), 1, "interrupt status");
+        write(&mut t, 0x64, 1);
+        assert_eq!(read(&mut t, 0x60), 0, "interrupt ack");
+        t.write(0x100, &[0]);
+        assert_eq!(read(&mut t, 0xfc), 1, "config generation");
+        write(&mut t, 0x84, 1);
+        write(&mut t, 0x94, 2);
+        write(&mut t, 0xa4, 3);
+        let q = &t.snapshot().queues[0];
+        assert_eq!((q.desc_table, q.avail_ring, q.used_ring), (1 << 32, 2 << 32, 3 << 32), "high address halves");
+        write(&mut t, 0x50, 0);
+        assert_eq!(t.queue_evts()[0].read().expect("queue 0 notified"), 1);
+        assert_eq!(QUEUE_NOTIFY, 0x50);
+    }
+
     #[test]
     fn features_without_version_1_are_refused() {
         let mut t = transport();
         negotiate(&mut t, 0);
-        assert_eq!(read(&mut t, 0x70) & FEATURES_OK, 0);
+        assert_eq!(read(&mut t, 0x70) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
     }
 
     #[test]
     fn driver_ok_with_valid_queues_activates_and_zero_resets() {
         let mut t = transport();
         negotiate(&mut t, 1);
-        assert_ne!(read(&mut t, 0x70) & FEATURES_OK, 0);
+        assert_ne!(read(&mut t, 0x70) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
         write(&mut t, 0x30, 0);
         write(&mut t, 0x38, 16);
         write(&mut t, 0x80, 0x1000);
         write(&mut t, 0x90, 0x2000);
         write(&mut t, 0xa0, 0x3000);
         write(&mut t, 0x44, 1);
-        write(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        write(
+            &mut t,
+            0x70,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         assert!(t.activated);
         assert_eq!(t.snapshot().queues[0].desc_table, 0x1000);
         write(&mut t, 0x38, 8);
@@ -439,8 +488,15 @@ mod tests {
         write(&mut t, 0x38, 16);
         write(&mut t, 0x80, 0xfff_0000); // outside guest memory
         write(&mut t, 0x44, 1);
-        write(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        write(
+            &mut t,
+            0x70,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE
+                | VIRTIO_CONFIG_S_DRIVER
+                | VIRTIO_CONFIG_S_FEATURES_OK
+                | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
         assert!(!t.activated);
-        assert_ne!(read(&mut t, 0x70) & DEVICE_NEEDS_RESET, 0);
+        assert_ne!(read(&mut t, 0x70) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
     }
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -23,15 +24,11 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::event_loop::EventOps;
 use crate::metrics::METRICS;
 
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-
-pub const TYPE_BLOCK: u32 = 2;
-pub const TYPE_RNG: u32 = 4;
-pub const TYPE_VSOCK: u32 = 19;
-
-/// Interrupt status bits.
-pub const INT_VRING: u32 = 1;
-pub const INT_CONFIG: u32 = 2;
+/// The feature mask for a feature bit: virtio-bindings defines bit numbers
+/// (`VIRTIO_F_VERSION_1` is 32), the feature registers carry masks.
+pub const fn feature(bit: u32) -> u64 {
+    1 << bit
+}
 
 /// A device's interrupt line: the status register the driver reads, and the irqfd.
 #[derive(Debug)]
@@ -59,11 +56,11 @@ impl Interrupt {
 
     /// Tells the driver there are new used buffers.
     pub fn signal_used_queue(&self) {
-        self.raise(INT_VRING);
+        self.raise(VIRTIO_MMIO_INT_VRING);
     }
 
     pub fn signal_config_change(&self) {
-        self.raise(INT_CONFIG);
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
     }
 
     pub fn status(&self) -> u32 {
@@ -235,13 +232,21 @@ mod tests {
     }
 
     #[test]
+    fn feature_masks_come_from_bit_numbers() {
+        use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+        assert_eq!(feature(VIRTIO_F_VERSION_1), 1 << 32);
+        assert_eq!(feature(0), 1);
+        assert_eq!(feature(63), 0x8000_0000_0000_0000);
+    }
+
+    #[test]
     fn interrupt_status_is_set_and_acked() {
         let interrupt = Interrupt::new(EventFd::new(0).expect("evt"));
         interrupt.signal_used_queue();
         interrupt.signal_config_change();
-        assert_eq!(interrupt.status(), INT_VRING | INT_CONFIG);
-        interrupt.ack(INT_VRING);
-        assert_eq!(interrupt.status(), INT_CONFIG);
+        assert_eq!(interrupt.status(), 0b11, "VRING is bit 0, CONFIG bit 1");
+        interrupt.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_CONFIG);
         assert_eq!(interrupt.irqfd().read().expect("irqfd"), 2);
     }
 }

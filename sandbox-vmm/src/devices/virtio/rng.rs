@@ -4,11 +4,13 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::RawFd;
 
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
-use super::{ActivateError, Activation, SingleQueue, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{feature, ActivateError, Activation, SingleQueue, VirtioDevice};
 use crate::event_loop::EventOps;
 use crate::guest_warn;
 use crate::metrics::METRICS;
@@ -52,7 +54,7 @@ fn fill(source: &mut File, buf: &mut [u8], mem: &GuestMemoryMmap, chain: Descrip
 
 impl VirtioDevice for Rng {
     fn device_type(&self) -> u32 {
-        TYPE_RNG
+        VIRTIO_ID_RNG
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -60,7 +62,7 @@ impl VirtioDevice for Rng {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        feature(VIRTIO_F_VERSION_1)
     }
 
     fn set_acked_features(&mut self, _features: u64) {}

@@ -19,6 +19,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -26,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use self::connection::{Connection, Interest, Verdict};
 use self::packet::*;
-use super::{ActivateError, Activation, Interrupt, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use super::{feature, ActivateError, Activation, Interrupt, VirtioDevice};
 use crate::config::VsockConfig;
 use crate::event_loop::EventOps;
 use crate::guest_warn;
@@ -479,7 +481,7 @@ fn add_used(active: &mut Active, head: u16, len: u32) {
 
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
-        TYPE_VSOCK
+        VIRTIO_ID_VSOCK
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -487,7 +489,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        feature(VIRTIO_F_VERSION_1)
     }
 
     fn set_acked_features(&mut self, _features: u64) {}

@@ -1,8 +1,12 @@
 //! The virtio-vsock packet header (virtio 1.2 §5.10.6), parsed from and written to
 //! plain little-endian bytes.
 
+/// The host's CID, widened to the header's 64-bit field.
+pub const HOST_CID: u64 = libc::VMADDR_CID_HOST as u64;
+
+// Not in virtio-bindings 0.2, which has no virtio_vsock module: the header size, type,
+// ops and shutdown flags are the spec's (Linux's `uapi/linux/virtio_vsock.h`).
 pub const HDR_LEN: usize = 44;
-pub const HOST_CID: u64 = 2;
 pub const TYPE_STREAM: u16 = 1;
 
 pub const OP_REQUEST: u16 = 1;
@@ -95,5 +99,6 @@ mod tests {
         let b = h.to_bytes();
         assert_eq!(&b[20..24], &[4, 3, 2, 1]);
         assert_eq!(&b[28..32], &[1, 0, 1, 0]);
+        assert_eq!(HOST_CID, 2, "VMADDR_CID_HOST");
     }
 }
