@@ -128,13 +128,14 @@ fn build_inner(config: VmConfig) -> Result<Vmm, BuildError> {
     for (slot, device) in virtio.into_iter().enumerate() {
         let base = MMIO_START + slot as u64 * MMIO_SLOT_SIZE;
         let irq = FIRST_VIRTIO_IRQ + slot as u32;
-        let transport = MmioTransport::new(device, ram.memory.clone(), devices.next_ops())?;
-        vm.register_irqfd(transport.interrupt().irqfd(), irq)?;
-        for (queue, evt) in transport.queue_evts().iter().enumerate() {
-            vm.register_mmio_ioevent(evt, base + QUEUE_NOTIFY, queue as u32)?;
-        }
-        let transport = Arc::new(Mutex::new(transport));
-        devices.register(transport.clone());
+        let transport = devices.register_with(|ops| {
+            let transport = MmioTransport::new(device, ram.memory.clone(), ops)?;
+            vm.register_irqfd(transport.interrupt().irqfd(), irq)?;
+            for (queue, evt) in transport.queue_evts().iter().enumerate() {
+                vm.register_mmio_ioevent(evt, base + QUEUE_NOTIFY, queue as u32)?;
+            }
+            Ok::<_, BuildError>(transport)
+        })?;
         mmio_bus.insert(base, MMIO_SLOT_SIZE, transport.clone())?;
         cmdline
             .add_virtio_mmio_device(MMIO_SLOT_SIZE, GuestAddress(base), irq, None)

@@ -61,17 +61,17 @@ impl DeviceEvents {
         Ok(DeviceEvents { epoll: Arc::new(Epoll::new()?), subscribers: Vec::new() })
     }
 
-    /// Adds a subscriber and returns its handle.
-    pub fn register(&mut self, subscriber: Arc<Mutex<dyn EventSubscriber>>) -> EventOps {
-        let owner = self.subscribers.len() as u32;
-        self.subscribers.push(subscriber);
-        EventOps { epoll: self.epoll.clone(), owner }
-    }
-
-    /// The handle the next [`register`](Self::register) call will return (devices are
-    /// built knowing their handle, then registered).
-    pub fn next_ops(&self) -> EventOps {
-        EventOps { epoll: self.epoll.clone(), owner: self.subscribers.len() as u32 }
+    /// Builds a subscriber with its handle and adds it; a subscriber that fails to
+    /// build is not added. The handle's identity is decided here, so a subscriber can
+    /// register its descriptors while it is being built.
+    pub fn register_with<S, E>(&mut self, build: impl FnOnce(EventOps) -> Result<S, E>) -> Result<Arc<Mutex<S>>, E>
+    where
+        S: EventSubscriber + 'static,
+    {
+        let owner = u32::try_from(self.subscribers.len()).expect("fewer than 2^32 devices (MAX_DEVICES is 19)");
+        let subscriber = Arc::new(Mutex::new(build(EventOps { epoll: self.epoll.clone(), owner })?));
+        self.subscribers.push(subscriber.clone());
+        Ok(subscriber)
     }
 
     /// Dispatches whatever is ready now, without waiting.
@@ -109,6 +109,13 @@ mod tests {
     struct Counter {
         evt: EventFd,
         seen: usize,
+        ops: EventOps,
+    }
+
+    /// Registers its eventfd while it is built, as the virtio transports do.
+    fn counter(ops: EventOps, evt: EventFd) -> std::io::Result<Counter> {
+        ops.add(evt.as_raw_fd(), EventSet::IN)?;
+        Ok(Counter { evt, seen: 0, ops })
     }
 
     impl EventSubscriber for Counter {
@@ -123,17 +130,36 @@ mod tests {
     #[test]
     fn events_reach_their_owner() {
         let mut events = DeviceEvents::new().expect("epoll");
-        let a = Arc::new(Mutex::new(Counter { evt: EventFd::new(0).expect("evt"), seen: 0 }));
-        let b = Arc::new(Mutex::new(Counter { evt: EventFd::new(0).expect("evt"), seen: 0 }));
-        let ops_a = events.register(a.clone());
-        let ops_b = events.register(b.clone());
-        ops_a.add(lock(&a).evt.as_raw_fd(), EventSet::IN).expect("add");
-        ops_b.add(lock(&b).evt.as_raw_fd(), EventSet::IN).expect("add");
+        let (a, b) = (EventFd::new(0).expect("evt"), EventFd::new(0).expect("evt"));
+        let a = events.register_with(|ops| counter(ops, a)).expect("a");
+        let b = events.register_with(|ops| counter(ops, b)).expect("b");
+        let ops_b = lock(&b).ops.clone();
         lock(&b).evt.write(1).expect("write");
         assert_eq!(events.dispatch().expect("dispatch"), 1);
         assert_eq!((lock(&a).seen, lock(&b).seen), (0, 1));
         ops_b.remove(lock(&b).evt.as_raw_fd()).expect("remove");
         lock(&b).evt.write(1).expect("write");
         assert_eq!(events.dispatch().expect("dispatch"), 0);
+    }
+}
+
+#[cfg(test)]
+mod failed_build {
+    use super::*;
+
+    struct Never;
+
+    impl EventSubscriber for Never {
+        fn on_event(&mut self, _fd: RawFd, _events: EventSet, _ops: &EventOps) {}
+    }
+
+    #[test]
+    fn a_subscriber_that_fails_to_build_is_not_added() {
+        let mut events = DeviceEvents::new().expect("epoll");
+        let failed: Result<Arc<Mutex<Never>>, &str> = events.register_with(|_| Err("no"));
+        assert!(failed.is_err());
+        assert_eq!(events.subscribers.len(), 0);
+        events.register_with(|_| Ok::<_, ()>(Never)).expect("added");
+        assert_eq!(events.subscribers.len(), 1);
     }
 }

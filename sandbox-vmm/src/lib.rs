@@ -1,7 +1,8 @@
 //! brig-vmm: one KVM micro-VM per process, built on rust-vmm crates.
 //!
 //! Layout (see docs/design.md):
-//! - [`config`]: validated configuration, one file per resource;
+//! - [`config`]: the validated configuration, one file per resource (it is part of
+//!   brig-vmm's contract, so it lives in `brig-vmm-api` and is re-exported here);
 //! - [`kvm`], [`vm`], [`vcpu`]: the only modules that call KVM ioctls;
 //! - [`memory`]: memfd-backed guest RAM;
 //! - [`arch`]: the guest physical layout and boot structures (x86_64);
@@ -13,7 +14,7 @@
 pub mod api;
 pub mod arch;
 pub mod builder;
-pub mod config;
+pub use brig_vmm_api::config;
 pub mod devices;
 pub mod event_loop;
 pub mod events;

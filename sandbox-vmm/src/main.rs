@@ -11,32 +11,79 @@ use std::process::ExitCode;
 use brig_vmm::builder;
 use brig_vmm::config::{BlockConfig, BootConfig, MachineConfig, VmConfig, VsockConfig};
 use brig_vmm::vmm::{error_chain, ExitReason};
+use clap::Parser;
 
-const USAGE: &str = "\
-usage: brig-vmm [--config FILE] --kernel VMLINUX [--initramfs FILE] [--cmdline ARGS]
-                [--vcpus N] [--memory MIB] [--console FILE]
-                [--vsock cid=N,path=SOCKET] [--block path=IMAGE[,ro][,serial=ID]]...
-                [--rng] [--api-socket SOCKET] [--log-level error|warn|info|debug]
+/// Boots one micro-VM and runs it until the guest resets, powers off, panics, or is
+/// told to stop (docs/control-socket.md).
+///
+/// Flags override the values of --config (JSON, the fields docs/control-socket.md
+/// describes under "Configuration").
+#[derive(Debug, Parser)]
+#[command(name = "brig-vmm", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// The VM's configuration as JSON (what the shim writes).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Uncompressed ELF guest kernel (required without --config).
+    #[arg(long, value_name = "VMLINUX")]
+    kernel: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    initramfs: Option<PathBuf>,
+    /// Kernel parameters before brig-vmm's own (default: `console=ttyS0 quiet`).
+    #[arg(long, value_name = "ARGS")]
+    cmdline: Option<String>,
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// Where the guest's serial console is written.
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
+    /// Hybrid vsock: the guest CID and the host Unix socket.
+    #[arg(long, value_name = "cid=N,path=SOCKET", value_parser = parse_vsock)]
+    vsock: Option<VsockConfig>,
+    /// A virtio-blk disk; repeat for more.
+    #[arg(long, value_name = "path=IMAGE[,ro][,serial=ID]", value_parser = parse_block)]
+    block: Vec<BlockConfig>,
+    /// A virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// The control socket (created mode 0600; the path must not exist).
+    #[arg(long, value_name = "SOCKET")]
+    api_socket: Option<PathBuf>,
+    #[arg(long, value_name = "LEVEL", default_value = "warn",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: String,
+}
 
-Flags override the values of --config (JSON, the same fields as docs/control-socket.md
-describes under \"Configuration\").";
+const EXIT_CODES: &str = "\
+Exit status: 0 guest reset/power-off or `shutdown` request; 1 the VM could not be
+started (the message says why); 2 guest kernel panic; 3 a vCPU failed; 128+N stopped
+by signal N.";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match parse(&args) {
-        Ok(Some((config, log_level))) => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(log_level)).init();
-            config
-        }
-        Ok(None) => {
-            println!("{USAGE}");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(message) => {
-            eprintln!("brig-vmm: {message}\n{USAGE}");
+        Err(e) => {
+            let _ = e.print();
             return ExitCode::from(1);
         }
     };
+    let log_level = cli.log_level.clone();
+    let config = match cli.into_config() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("brig-vmm: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    // The configured level is the level: RUST_LOG does not override it.
+    env_logger::Builder::new().parse_filters(&log_level).init();
     let vmm = match builder::build(config) {
         Ok(vmm) => vmm,
         Err(e) => {
@@ -63,76 +110,40 @@ fn main() -> ExitCode {
     ExitCode::from(outcome.reason.exit_code().clamp(0, 255) as u8)
 }
 
-/// Parses flags into a configuration and log level; `Ok(None)` for `--help`.
-fn parse(args: &[String]) -> Result<Option<(VmConfig, String)>, String> {
-    let mut iter = args.iter();
-    let mut file: Option<VmConfig> = None;
-    let mut kernel = None;
-    let mut initramfs = None;
-    let mut cmdline = None;
-    let mut machine = None::<MachineConfig>;
-    let mut vcpus = None;
-    let mut memory = None;
-    let mut console = None;
-    let mut vsock = None;
-    let mut blocks = Vec::new();
-    let mut rng = false;
-    let mut api = None;
-    let mut log_level = "warn".to_owned();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--config" => {
-                let path = PathBuf::from(value()?);
-                file = Some(VmConfig::from_file(&path).map_err(|e| e.to_string())?);
-            }
-            "--kernel" => kernel = Some(PathBuf::from(value()?)),
-            "--initramfs" => initramfs = Some(PathBuf::from(value()?)),
-            "--cmdline" => cmdline = Some(value()?),
-            "--vcpus" => vcpus = Some(number(flag, &value()?)?),
-            "--memory" => memory = Some(number(flag, &value()?)?),
-            "--console" => console = Some(PathBuf::from(value()?)),
-            "--vsock" => vsock = Some(parse_vsock(&value()?)?),
-            "--block" => blocks.push(parse_block(&value()?)?),
-            "--rng" => rng = true,
-            "--api-socket" => api = Some(PathBuf::from(value()?)),
-            "--log-level" => log_level = value()?,
-            other => return Err(format!("unknown flag `{other}`")),
+impl Cli {
+    /// The configuration: --config's, with the flags given on top.
+    fn into_config(self) -> Result<VmConfig, String> {
+        let mut config = match (&self.config, &self.kernel) {
+            (Some(path), _) => VmConfig::from_file(path).map_err(|e| e.to_string())?,
+            (None, Some(kernel)) => VmConfig {
+                machine: MachineConfig::default(),
+                boot: BootConfig { kernel: kernel.clone(), initramfs: None, cmdline: None },
+                console: None,
+                vsock: None,
+                block: Vec::new(),
+                rng: false,
+                api_socket: None,
+            },
+            (None, None) => return Err("--kernel (or --config) is required".into()),
+        };
+        if let Some(kernel) = self.kernel {
+            config.boot.kernel = kernel;
         }
+        config.boot.initramfs = self.initramfs.or(config.boot.initramfs);
+        config.boot.cmdline = self.cmdline.or(config.boot.cmdline);
+        if let Some(vcpus) = self.vcpus {
+            config.machine.vcpus = vcpus;
+        }
+        if let Some(mib) = self.memory {
+            config.machine.memory_mib = mib;
+        }
+        config.console = self.console.or(config.console);
+        config.vsock = self.vsock.or(config.vsock);
+        config.block.extend(self.block);
+        config.rng |= self.rng;
+        config.api_socket = self.api_socket.or(config.api_socket);
+        Ok(config)
     }
-    let mut config = match (file, kernel.clone()) {
-        (Some(config), _) => config,
-        (None, Some(kernel)) => VmConfig {
-            machine: MachineConfig::default(),
-            boot: BootConfig { kernel, initramfs: None, cmdline: None },
-            console: None,
-            vsock: None,
-            block: Vec::new(),
-            rng: false,
-            api_socket: None,
-        },
-        (None, None) => return Err("--kernel (or --config) is required".into()),
-    };
-    if let Some(kernel) = kernel {
-        config.boot.kernel = kernel;
-    }
-    config.boot.initramfs = initramfs.or(config.boot.initramfs);
-    config.boot.cmdline = cmdline.or(config.boot.cmdline);
-    let m = machine.get_or_insert(config.machine.clone());
-    if let Some(v) = vcpus {
-        m.vcpus = u8::try_from(v).map_err(|_| format!("--vcpus {v} is too large"))?;
-    }
-    if let Some(mib) = memory {
-        m.memory_mib = mib;
-    }
-    config.machine = m.clone();
-    config.console = console.or(config.console);
-    config.vsock = vsock.or(config.vsock);
-    config.block.extend(blocks);
-    config.rng |= rng;
-    config.api_socket = api.or(config.api_socket);
-    Ok(Some((config, log_level)))
 }
 
 fn number(flag: &str, value: &str) -> Result<u64, String> {
@@ -179,19 +190,18 @@ fn parse_block(spec: &str) -> Result<BlockConfig, String> {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    fn parse(s: &str) -> Result<VmConfig, String> {
+        let args = std::iter::once("brig-vmm").chain(s.split_whitespace());
+        Cli::try_parse_from(args).map_err(|e| e.to_string())?.into_config()
     }
 
     #[test]
     fn flags_build_a_config() {
-        let config = parse(&args(
+        let config = parse(
             "--kernel /k --vcpus 2 --memory 256 --vsock cid=3,path=/tmp/v.sock \
              --block path=/d.img,ro,serial=root --block path=/e.img --rng",
-        ))
-        .expect("parse")
-        .expect("config")
-        .0;
+        )
+        .expect("parse");
         assert_eq!(config.machine, MachineConfig { vcpus: 2, memory_mib: 256 });
         assert_eq!(config.vsock, Some(VsockConfig { guest_cid: 3, uds_path: "/tmp/v.sock".into() }));
         assert_eq!(config.block.len(), 2);
@@ -202,9 +212,34 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        assert_eq!(parse(&args("--vcpus two")).expect_err("bad"), "--vcpus takes a number, not `two`");
-        assert!(parse(&args("--kernel /k --block ro")).expect_err("bad").contains("path=IMAGE"));
-        assert!(parse(&args("--kernel /k --vsock cid=3")).expect_err("bad").contains("cid=N,path=SOCKET"));
-        assert!(parse(&args("--frob")).expect_err("bad").contains("unknown flag `--frob`"));
+        let err = parse("--kernel /k --vcpus two").expect_err("bad");
+        assert!(err.contains("invalid value 'two' for '--vcpus <N>'"), "{err}");
+        assert!(parse("--kernel /k --block ro").expect_err("bad").contains("path=IMAGE"));
+        assert!(parse("--kernel /k --vsock cid=3").expect_err("bad").contains("cid=N,path=SOCKET"));
+        assert!(parse("--frob").expect_err("bad").contains("unexpected argument '--frob'"));
+        assert_eq!(parse("--vcpus 2").expect_err("no kernel"), "--kernel (or --config) is required");
+    }
+
+    #[test]
+    fn the_generated_help_lists_every_flag() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--config",
+            "--kernel",
+            "--initramfs",
+            "--cmdline",
+            "--vcpus",
+            "--memory",
+            "--console",
+            "--vsock",
+            "--block",
+            "--rng",
+            "--api-socket",
+            "--log-level",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from:\n{help}");
+        }
+        assert!(help.contains("Exit status"), "{help}");
     }
 }

@@ -16,8 +16,8 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::layout::ram_ranges;
 
-/// The smallest VM brig-vmm accepts, whatever the kernel.
-pub const MIN_MEMORY_MIB: u64 = 32;
+/// The smallest VM brig-vmm accepts, whatever the kernel (part of its contract).
+pub use brig_vmm_api::config::MIN_MEMORY_MIB;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {

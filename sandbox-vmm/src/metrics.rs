@@ -1,11 +1,13 @@
 //! Counters for the control socket's `metrics` operation, and rate-limited logging
 //! for anything a guest can trigger.
 //!
-//! One VM per process, so the counters are process-global.
+//! One VM per process, so the counters are process-global. Their names are part of
+//! brig-vmm's contract and listed once, in `brig_vmm_api::for_each_counter!`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use brig_vmm_api::metrics::{Counters, MemoryUsage};
+use brig_vmm_api::VmMetrics;
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -25,81 +27,43 @@ impl Counter {
     }
 }
 
-impl Serialize for Counter {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.get())
+macro_rules! atomic_counters {
+    ($($name:ident),* $(,)?) => {
+        /// The live counters; [`Metrics::counters`] reads them into the contract's type.
+        #[derive(Debug)]
+        pub struct Metrics {
+            $(pub $name: Counter,)*
+        }
+
+        pub static METRICS: Metrics = Metrics { $($name: Counter::new(),)* };
+
+        impl Metrics {
+            pub fn counters(&self) -> Counters {
+                Counters { $($name: self.$name.get(),)* }
+            }
+        }
+    };
+}
+
+brig_vmm_api::for_each_counter!(atomic_counters);
+
+/// This process's memory, from `/proc/self/status` (zeros where it cannot be read).
+pub fn memory_usage(guest_memory_mib: u64) -> MemoryUsage {
+    let status = procfs::process::Process::myself().and_then(|p| p.status()).ok();
+    let field = |pick: fn(&procfs::process::Status) -> Option<u64>| status.as_ref().and_then(pick).unwrap_or(0);
+    MemoryUsage {
+        rss_kib: field(|s| s.vmrss),
+        rss_anon_kib: field(|s| s.rssanon),
+        rss_file_kib: field(|s| s.rssfile),
+        // Guest RAM is a memfd, so the guest's touched pages show up as shared memory.
+        rss_guest_kib: field(|s| s.rssshmem),
+        guest_memory_kib: guest_memory_mib << 10,
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct Metrics {
-    pub vcpu_exits_io: Counter,
-    pub vcpu_exits_mmio: Counter,
-    pub vcpu_exits_other: Counter,
-    pub unhandled_accesses: Counter,
-    pub console_bytes: Counter,
-    pub console_bytes_dropped: Counter,
-    pub virtio_notifications: Counter,
-    pub virtio_interrupts: Counter,
-    pub virtio_bad_requests: Counter,
-    pub block_reads: Counter,
-    pub block_writes: Counter,
-    pub block_flushes: Counter,
-    pub block_read_bytes: Counter,
-    pub block_write_bytes: Counter,
-    pub block_errors: Counter,
-    pub rng_bytes: Counter,
-    pub vsock_tx_packets: Counter,
-    pub vsock_rx_packets: Counter,
-    pub vsock_tx_bytes: Counter,
-    pub vsock_rx_bytes: Counter,
-    pub vsock_connections_opened: Counter,
-    pub vsock_connections_closed: Counter,
-    pub vsock_resets: Counter,
-    pub api_requests: Counter,
-}
-
-pub static METRICS: Metrics = Metrics {
-    vcpu_exits_io: Counter::new(),
-    vcpu_exits_mmio: Counter::new(),
-    vcpu_exits_other: Counter::new(),
-    unhandled_accesses: Counter::new(),
-    console_bytes: Counter::new(),
-    console_bytes_dropped: Counter::new(),
-    virtio_notifications: Counter::new(),
-    virtio_interrupts: Counter::new(),
-    virtio_bad_requests: Counter::new(),
-    block_reads: Counter::new(),
-    block_writes: Counter::new(),
-    block_flushes: Counter::new(),
-    block_read_bytes: Counter::new(),
-    block_write_bytes: Counter::new(),
-    block_errors: Counter::new(),
-    rng_bytes: Counter::new(),
-    vsock_tx_packets: Counter::new(),
-    vsock_rx_packets: Counter::new(),
-    vsock_tx_bytes: Counter::new(),
-    vsock_rx_bytes: Counter::new(),
-    vsock_connections_opened: Counter::new(),
-    vsock_connections_closed: Counter::new(),
-    vsock_resets: Counter::new(),
-    api_requests: Counter::new(),
-};
-
-/// Resident memory of this process, in KiB (`VmRSS` of /proc/self/status).
-pub fn rss_kib() -> u64 {
-    status_field("VmRSS:")
-}
-
-fn status_field(name: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+/// The `metrics` answer.
+pub fn snapshot(guest_memory_mib: u64) -> VmMetrics {
+    VmMetrics { counters: METRICS.counters(), memory: memory_usage(guest_memory_mib) }
 }
 
 /// Logs the first `BURST` occurrences of a guest-triggerable event, then one in every
@@ -151,7 +115,12 @@ mod tests {
     }
 
     #[test]
-    fn rss_is_readable() {
-        assert!(rss_kib() > 0);
+    fn memory_is_readable_and_counters_reach_the_contract() {
+        let usage = memory_usage(128);
+        assert!(usage.rss_kib > 0 && usage.rss_anon_kib > 0, "{usage:?}");
+        assert_eq!(usage.guest_memory_kib, 128 << 10);
+        let before = METRICS.counters().api_requests;
+        METRICS.api_requests.inc();
+        assert!(snapshot(128).counters.api_requests > before);
     }
 }

@@ -7,18 +7,19 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde_json::{json, Value};
+use brig_vmm_api::{
+    ApiVersion, DeviceInfo, ErrorCode, Request, Response, RunState, Saved, VersionInfo, VmState, API_VERSION,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::api::{ApiServer, Code, Readiness, Request, Response};
+use crate::api::{ApiServer, Readiness};
 use crate::config::VmConfig;
 use crate::devices::bus::{lock, Bus};
 use crate::devices::console::Console;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::event_loop::DeviceEvents;
 use crate::events::{EventReceiver, EventSender, VmEvent};
-use crate::metrics::{self, METRICS};
+use crate::metrics;
 use crate::signals::SignalFd;
 use crate::snapshot::{self, MachineState};
 use crate::vcpu::{self, Request as VcpuRequest, Response as VcpuResponse, Vcpu, VcpuHandle};
@@ -77,13 +78,6 @@ impl ExitReason {
 pub struct Outcome {
     pub reason: ExitReason,
     pub console_tail: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Running,
-    Paused,
 }
 
 /// A built VM, ready to [`run`](Vmm::run).
@@ -269,7 +263,7 @@ impl Running {
                 for request in requests {
                     let response = match request {
                         Ok(request) => self.handle(request),
-                        Err(response) => response,
+                        Err(error) => Response::Error(error),
                     };
                     if let Some(api) = self.vmm.api.as_mut() {
                         if !api.reply(fd, &response) {
@@ -284,14 +278,15 @@ impl Running {
     fn handle(&mut self, request: Request) -> Response {
         log::info!("control request {request:?}");
         match request {
+            Request::Version { client } => version(client),
             Request::Pause {} => self.pause(),
             Request::Resume {} => self.resume(),
             Request::Shutdown {} => {
                 self.exit.get_or_insert(ExitReason::Shutdown);
-                Response::Ok(json!({"state": "stopping"}))
+                Response::RunState { state: RunState::Stopping }
             }
-            Request::State {} => Response::Ok(self.state_json()),
-            Request::Metrics {} => Response::Ok(metrics_json(self.vmm.config.machine.memory_mib)),
+            Request::State {} => Response::State(self.vm_state()),
+            Request::Metrics {} => Response::Metrics(metrics::snapshot(self.vmm.config.machine.memory_mib)),
             Request::SaveState { path } => self.save_state(&path),
         }
     }
@@ -338,72 +333,72 @@ impl Running {
 
     fn pause(&mut self) -> Response {
         if self.state == RunState::Paused {
-            return Response::Ok(json!({"state": "paused"}));
+            return Response::RunState { state: RunState::Paused };
         }
         if let Err(e) = self.broadcast(VcpuRequest::Pause) {
-            return Response::Err(Code::Internal, format!("cannot pause: {e}"));
+            return Response::error(ErrorCode::Internal, format!("cannot pause: {e}"));
         }
         if let Err(e) = self.set_devices_watched(false) {
-            return Response::Err(Code::Internal, format!("cannot stop device processing: {e}"));
+            return Response::error(ErrorCode::Internal, format!("cannot stop device processing: {e}"));
         }
         self.state = RunState::Paused;
-        Response::Ok(json!({"state": "paused"}))
+        Response::RunState { state: RunState::Paused }
     }
 
     fn resume(&mut self) -> Response {
         if self.state == RunState::Running {
-            return Response::Ok(json!({"state": "running"}));
+            return Response::RunState { state: RunState::Running };
         }
         if let Err(e) = self.set_devices_watched(true) {
-            return Response::Err(Code::Internal, format!("cannot restart device processing: {e}"));
+            return Response::error(ErrorCode::Internal, format!("cannot restart device processing: {e}"));
         }
         if let Err(e) = self.broadcast(VcpuRequest::Resume) {
-            return Response::Err(Code::Internal, format!("cannot resume: {e}"));
+            return Response::error(ErrorCode::Internal, format!("cannot resume: {e}"));
         }
         self.state = RunState::Running;
-        Response::Ok(json!({"state": "running"}))
+        Response::RunState { state: RunState::Running }
     }
 
-    fn state_json(&self) -> Value {
-        let devices: Vec<Value> = self
+    fn vm_state(&self) -> VmState {
+        let devices = self
             .vmm
             .transports
             .iter()
             .map(|t| {
                 let snap = lock(t).snapshot();
-                json!({"type": snap.device_type, "activated": snap.activated, "status": snap.status})
+                DeviceInfo { virtio_type: snap.device_type, activated: snap.activated, status: snap.status }
             })
             .collect();
-        json!({
-            "state": self.state,
-            "vcpus": self.vmm.config.machine.vcpus,
-            "memory_mib": self.vmm.config.machine.memory_mib,
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "devices": devices,
-        })
+        VmState {
+            state: self.state,
+            vcpus: self.vmm.config.machine.vcpus,
+            memory_mib: self.vmm.config.machine.memory_mib,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            devices,
+        }
     }
 
     fn save_state(&mut self, path: &std::path::Path) -> Response {
         if self.state != RunState::Paused {
-            return Response::Err(Code::FailedPrecondition, "save-state needs a paused VM: send pause first".into());
+            return Response::error(ErrorCode::FailedPrecondition, "save-state needs a paused VM: send pause first");
         }
         let answers = match self.broadcast(VcpuRequest::SaveState) {
             Ok(answers) => answers,
-            Err(e) => return Response::Err(Code::Internal, format!("cannot read vCPU state: {e}")),
+            Err(e) => return Response::error(ErrorCode::Internal, format!("cannot read vCPU state: {e}")),
         };
         let mut vcpus = Vec::new();
         for answer in answers {
             if let VcpuResponse::State(index, state) = answer {
                 match *state {
                     Ok(state) => vcpus.push(state),
-                    Err(e) => return Response::Err(Code::Internal, format!("vCPU {index}: {e}")),
+                    Err(e) => return Response::error(ErrorCode::Internal, format!("vCPU {index}: {e}")),
                 }
             }
         }
         vcpus.sort_by_key(|v| v.index);
         let vm = match self.vmm.vm.save_state() {
             Ok(vm) => vm,
-            Err(e) => return Response::Err(Code::Internal, e.to_string()),
+            Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
         };
         let state = MachineState {
             vmm_version: env!("CARGO_PKG_VERSION").into(),
@@ -413,31 +408,21 @@ impl Running {
             devices: self.vmm.transports.iter().map(|t| lock(t).snapshot()).collect(),
         };
         match snapshot::write(path, &state) {
-            Ok(bytes) => Response::Ok(json!({"path": path, "bytes": bytes})),
-            Err(e) => Response::Err(Code::FailedPrecondition, error_chain(&e)),
+            Ok(bytes) => Response::Saved(Saved { path: path.into(), bytes }),
+            Err(e) => Response::error(ErrorCode::FailedPrecondition, error_chain(&e)),
         }
     }
 }
 
-fn metrics_json(memory_mib: u64) -> Value {
-    let mut value = serde_json::to_value(&METRICS).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-                .unwrap_or(0)
-        };
-        map.insert("rss_kib".into(), json!(metrics::rss_kib()));
-        map.insert("rss_anon_kib".into(), json!(field("RssAnon:")));
-        map.insert("rss_file_kib".into(), json!(field("RssFile:")));
-        // Guest RAM is a memfd, so the guest's touched pages show up as shared memory.
-        map.insert("rss_guest_kib".into(), json!(field("RssShmem:")));
-        map.insert("guest_memory_kib".into(), json!(memory_mib << 10));
+/// The answer to `version`: refused when the client names another major version.
+fn version(client: Option<ApiVersion>) -> Response {
+    match client {
+        Some(client) if !API_VERSION.compatible_with(client) => Response::error(
+            ErrorCode::VersionMismatch,
+            format!("brig-vmm speaks control API {API_VERSION}, the client {client}: install matching brig binaries"),
+        ),
+        _ => Response::Version(VersionInfo { api: API_VERSION, vmm_version: env!("CARGO_PKG_VERSION").into() }),
     }
-    value
 }
 
 /// An error and its sources, as one line.
@@ -450,4 +435,20 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_answers_and_refuses_another_major() {
+        let Response::Version(info) = version(None) else { panic!("a version") };
+        assert_eq!(info.api, API_VERSION);
+        assert!(matches!(version(Some(API_VERSION)), Response::Version(_)));
+        let other = ApiVersion { major: API_VERSION.major + 1, minor: 0 };
+        let Response::Error(error) = version(Some(other)) else { panic!("refused") };
+        assert_eq!(error.code, ErrorCode::VersionMismatch);
+        assert!(error.message.contains(&API_VERSION.to_string()) && error.message.contains(&other.to_string()));
+    }
 }

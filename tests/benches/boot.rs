@@ -26,17 +26,6 @@ struct Sample {
     rss_kib: u64,
 }
 
-fn rss_beyond_guest_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    field("RssAnon:") + field("RssFile:")
-}
 
 fn ping(fd: OwnedFd) -> Result<()> {
     let client = AgentClient::new(ttrpc::Client::new(fd.into_raw_fd()).map_err(|e| anyhow!("{e}"))?);
@@ -57,7 +46,7 @@ fn wait_ready(child: &mut Child, start: Instant, mut try_connect: impl FnMut() -
             if ping(fd).is_ok() {
                 let ready = start.elapsed();
                 std::thread::sleep(Duration::from_millis(200)); // let the guest settle before sampling
-                return Ok(Sample { ready, rss_kib: rss_beyond_guest_kib(child.id()) });
+                return Ok(Sample { ready, rss_kib: brig_tests::proc::memory(child.id()).own_kib });
             }
         }
         std::thread::sleep(Duration::from_millis(5));

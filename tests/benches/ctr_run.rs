@@ -23,13 +23,6 @@ fn summary(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     (samples[0], samples[samples.len() / 2], samples[samples.len() - 1])
 }
 
-fn status_kib(pid: u32, fields: &[&str]) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    fields
-        .iter()
-        .filter_map(|name| status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
-}
 
 fn main() {
     brig_tests::require_kvm_host();
@@ -55,9 +48,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     let shim = shim_pid("resident").expect("shim") as u32;
     println!("one running brig task (default 128 MiB guest), host memory beyond guest RAM:");
-    println!("  containerd-shim-brig-v2 VmRSS      {:>6} KiB", status_kib(shim, &["VmRSS:"]));
-    println!("  brig-vmm RssAnon + RssFile        {:>6} KiB", status_kib(vmm, &["RssAnon:", "RssFile:"]));
-    println!("  brig-vmm RssShmem (guest touched) {:>6} KiB", status_kib(vmm, &["RssShmem:"]));
+    let (shim, vmm) = (brig_tests::proc::memory(shim), brig_tests::proc::memory(vmm));
+    println!("  containerd-shim-brig-v2 VmRSS      {:>6} KiB", shim.rss_kib);
+    println!("  brig-vmm RssAnon + RssFile        {:>6} KiB", vmm.own_kib);
+    println!("  brig-vmm RssShmem (guest touched) {:>6} KiB", vmm.shmem_kib);
     containerd.kill_and_delete("resident");
 }
 

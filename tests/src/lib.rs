@@ -11,6 +11,7 @@
 pub mod container;
 pub mod containerd;
 pub mod oci;
+pub mod proc;
 pub mod ring0;
 pub mod scratch;
 pub mod vm;

@@ -1,7 +1,6 @@
 //! A real micro-VM for tests: brig-vmm running brig's guest kernel and
 //! initramfs, reachable through its hybrid vsock socket and control socket.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use brig_protocol::agent_ttrpc::AgentClient;
 use brig_protocol::ttrpc;
-use serde_json::Value;
+use brig_vmm_api::client::Client;
 
 use crate::scratch::Scratch;
 
@@ -159,15 +158,9 @@ impl TestVm {
         Ok(AgentClient::new(client))
     }
 
-    /// Sends one control-socket request and returns the JSON answer.
-    pub fn control(&self, request: &str) -> Result<Value> {
-        let mut stream = UnixStream::connect(&self.api).context("connect to the control socket")?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        stream.write_all(request.as_bytes())?;
-        stream.write_all(b"\n")?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line)?;
-        serde_json::from_str(&line).with_context(|| format!("control answer {line:?}"))
+    /// A client of the control socket (version checked at connect).
+    pub fn control(&self) -> Result<Client> {
+        Client::connect(&self.api, Duration::from_secs(30)).context("connect to the control socket")
     }
 
     /// Waits for brig-vmm to exit.
@@ -214,27 +207,9 @@ impl Drop for TestVm {
     }
 }
 
-/// Firecracker's hybrid vsock handshake: `CONNECT <port>\n`, answered by `OK <port>\n`.
+/// Firecracker's hybrid vsock handshake (`brig_vmm_api::vsock`), as an anyhow result.
 pub fn hybrid_connect(uds: &Path, port: u32) -> Result<UnixStream> {
-    let mut stream = UnixStream::connect(uds).with_context(|| format!("connect {}", uds.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while reply.last() != Some(&b'\n') {
-        if stream.read(&mut byte)? == 0 {
-            bail!("the VMM closed the connection (nothing listens on guest port {port} yet)");
-        }
-        reply.push(byte[0]);
-        if reply.len() > 32 {
-            bail!("handshake reply too long: {:?}", String::from_utf8_lossy(&reply));
-        }
-    }
-    if !reply.starts_with(b"OK ") {
-        bail!("unexpected handshake reply {:?}", String::from_utf8_lossy(&reply));
-    }
-    stream.set_read_timeout(None)?;
-    Ok(stream)
+    Ok(brig_vmm_api::vsock::connect(uds, port, Duration::from_secs(10))?)
 }
 
 /// A VM whose init is brig-guest-probe, running the given `probe.*` steps (see

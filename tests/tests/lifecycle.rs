@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use brig_tests::scratch::Scratch;
 use brig_tests::vm::{probe_spec, VmSpec};
-use serde_json::json;
+use brig_vmm_api::{ErrorCode, Response, RunState};
 
 const BOOT: Duration = Duration::from_secs(60);
 
@@ -25,32 +25,33 @@ fn pause_stops_the_guest_and_resume_continues_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    assert_eq!(vm.control(r#"{"op":"pause"}"#).expect("pause"), json!({"ok": true, "state": "paused"}));
+    let mut control = vm.control().expect("control socket");
+    assert_eq!(control.pause().expect("pause"), RunState::Paused);
     let at_pause = vm.console_text().len();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(vm.console_text().len(), at_pause, "a paused guest prints nothing");
-    assert_eq!(vm.control(r#"{"op":"state"}"#).expect("state")["state"], "paused");
+    assert_eq!(control.state().expect("state").state, RunState::Paused);
 
     let state = vm.dir.join("state.bin");
-    let saved = vm.control(&json!({"op": "save-state", "path": state}).to_string()).expect("save-state");
-    assert_eq!(saved["ok"], true, "{saved}");
+    let saved = control.save_state(&state).expect("save-state");
+    assert_eq!(saved.path, state);
     let machine: brig_vmm::snapshot::MachineState = brig_vmm::snapshot::read(&state).expect("state file verifies");
     assert_eq!(machine.vcpus.len(), 2);
     assert!(machine.vcpus.iter().all(|v| v.summary.rip.starts_with("0xffffffff8")), "vCPUs are in the kernel");
     assert_eq!(machine.devices.len(), 2, "vsock and rng");
 
     let tick_at_pause = last_tick(&vm.console_text()).expect("ticks");
-    assert_eq!(vm.control(r#"{"op":"resume"}"#).expect("resume"), json!({"ok": true, "state": "running"}));
+    assert_eq!(control.resume().expect("resume"), RunState::Running);
     let deadline = Instant::now() + Duration::from_secs(30);
     while last_tick(&vm.console_text()).is_none_or(|t| t < tick_at_pause + 5) {
         assert!(Instant::now() < deadline, "guest did not continue after resume:\n{}", vm.diagnostics());
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let metrics = vm.control(r#"{"op":"metrics"}"#).expect("metrics");
-    assert!(metrics["vcpu_exits_io"].as_u64().is_some_and(|n| n > 0), "{metrics}");
-    assert!(metrics["rss_kib"].as_u64().is_some_and(|n| n > 0), "{metrics}");
-    assert_eq!(vm.control(r#"{"op":"shutdown"}"#).expect("shutdown")["ok"], true);
+    let metrics = control.metrics().expect("metrics");
+    assert!(metrics.counters.vcpu_exits_io > 0, "{metrics:?}");
+    assert!(metrics.memory.rss_kib > 0, "{metrics:?}");
+    assert_eq!(control.shutdown().expect("shutdown"), RunState::Stopping);
     assert_eq!(vm.wait(Duration::from_secs(10)).expect("exit").code(), Some(0));
 }
 
@@ -65,12 +66,14 @@ fn save_state_requires_a_paused_vm_and_bad_requests_get_codes() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let path = vm.dir.join("state.bin");
-    let answer = vm.control(&json!({"op": "save-state", "path": path}).to_string()).expect("answer");
-    assert_eq!(answer["code"], "failed_precondition", "{answer}");
+    let mut control = vm.control().expect("control socket");
+    let err = control.save_state(&path).expect_err("refused");
+    assert_eq!(err.code(), Some(ErrorCode::FailedPrecondition), "{err}");
     assert!(!path.exists());
-    assert_eq!(vm.control(r#"{"op":"reboot-the-moon"}"#).expect("answer")["code"], "invalid_request");
-    assert_eq!(vm.control("{not json").expect("answer")["code"], "invalid_request");
-    assert_eq!(vm.control(r#"{"op":"resume"}"#).expect("answer")["state"], "running", "resume is idempotent");
+    let invalid = |answer: Response| matches!(answer, Response::Error(e) if e.code == ErrorCode::InvalidRequest);
+    assert!(invalid(control.send_line(br#"{"op":"reboot-the-moon"}"#).expect("answer")));
+    assert!(invalid(control.send_line(b"{not json").expect("answer")));
+    assert_eq!(control.resume().expect("answer"), RunState::Running, "resume is idempotent");
     drop(vm);
 }
 

@@ -1,14 +1,6 @@
-//! The control socket: newline-delimited JSON requests and responses over a Unix
-//! stream socket. Documented in docs/control-socket.md.
-//!
-//! ```text
-//! → {"op":"pause"}
-//! ← {"ok":true,"state":"paused"}
-//! → {"op":"save-state","path":"/run/brig/x/state.bin"}
-//! ← {"ok":true,"path":"/run/brig/x/state.bin","bytes":48213}
-//! → {"op":"frobnicate"}
-//! ← {"ok":false,"code":"invalid_request","error":"unknown variant `frobnicate`, expected one of …"}
-//! ```
+//! The control socket: newline-delimited JSON requests and answers over a Unix
+//! stream socket. The wire types, framing and limits are brig-vmm's contract, in
+//! `brig-vmm-api`; this module serves them. Documented in docs/control-socket.md.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -17,64 +9,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use brig_vmm_api::wire::{self, MAX_CONNECTIONS, MAX_LINE};
+use brig_vmm_api::{ApiError, ErrorCode, Request, Response};
 
 use crate::metrics::METRICS;
 
-/// A request line longer than this closes the connection.
-const MAX_LINE: usize = 64 << 10;
-/// Concurrent control connections.
-const MAX_CONNECTIONS: usize = 16;
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Request {
-    // Empty struct variants, not unit ones: serde ignores unknown fields on unit
-    // variants of internally tagged enums, and a typo should not pass silently.
-    Pause {},
-    Resume {},
-    Shutdown {},
-    State {},
-    Metrics {},
-    SaveState { path: PathBuf },
-}
-
-/// Error classes, named after the gRPC codes the shim maps them to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Code {
-    InvalidRequest,
-    FailedPrecondition,
-    Internal,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Response {
-    Ok(Value),
-    Err(Code, String),
-}
-
-impl Response {
-    pub fn to_line(&self) -> Vec<u8> {
-        let value = match self {
-            Response::Ok(Value::Object(fields)) => {
-                let mut fields = fields.clone();
-                fields.insert("ok".into(), Value::Bool(true));
-                Value::Object(fields)
-            }
-            Response::Ok(other) => json!({"ok": true, "result": other}),
-            Response::Err(code, error) => json!({"ok": false, "code": code, "error": error}),
-        };
-        let mut line = value.to_string().into_bytes();
-        line.push(b'\n');
-        line
-    }
-}
-
-/// Parses one request line.
-pub fn parse(line: &[u8]) -> Result<Request, Response> {
-    serde_json::from_slice(line).map_err(|e| Response::Err(Code::InvalidRequest, e.to_string()))
+/// Parses one request line; a bad one gets this error as its answer.
+pub fn parse(line: &[u8]) -> Result<Request, ApiError> {
+    wire::parse_request(line)
 }
 
 #[derive(Debug)]
@@ -97,7 +39,7 @@ pub enum Readiness {
     /// New connections to watch.
     Accepted(Vec<RawFd>),
     /// Complete requests from this connection (answer with [`ApiServer::reply`]).
-    Requests(RawFd, Vec<Result<Request, Response>>),
+    Requests(RawFd, Vec<Result<Request, ApiError>>),
     /// The connection is gone; stop watching it.
     Closed(RawFd),
 }
@@ -142,9 +84,8 @@ impl ApiServer {
             requests.push(parse(&line[..end]));
         }
         if conn.buf.len() > MAX_LINE {
-            let _ = conn.stream.write_all(
-                &Response::Err(Code::InvalidRequest, format!("request longer than {MAX_LINE} bytes")).to_line(),
-            );
+            let refusal = Response::error(ErrorCode::InvalidRequest, format!("request longer than {MAX_LINE} bytes"));
+            let _ = conn.stream.write_all(&wire::response_line(&refusal));
             self.conns.remove(&fd);
             return Readiness::Closed(fd);
         }
@@ -169,7 +110,7 @@ impl ApiServer {
         let Some(conn) = self.conns.get_mut(&fd) else { return false };
         conn.stream.set_nonblocking(false).ok();
         let _ = conn.stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
-        let ok = conn.stream.write_all(&response.to_line()).is_ok();
+        let ok = conn.stream.write_all(&wire::response_line(response)).is_ok();
         conn.stream.set_nonblocking(true).ok();
         if !ok {
             self.conns.remove(&fd);
@@ -187,27 +128,17 @@ impl Drop for ApiServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use brig_vmm_api::RunState;
 
     #[test]
     fn requests_parse_and_unknown_ops_are_invalid() {
         assert_eq!(parse(br#"{"op":"pause"}"#), Ok(Request::Pause {}));
         assert_eq!(parse(br#"{"op":"save-state","path":"/x"}"#), Ok(Request::SaveState { path: "/x".into() }));
-        let Err(Response::Err(code, msg)) = parse(br#"{"op":"frobnicate"}"#) else { panic!("must fail") };
-        assert_eq!(code, Code::InvalidRequest);
-        assert!(msg.contains("frobnicate"), "{msg}");
+        let Err(error) = parse(br#"{"op":"frobnicate"}"#) else { panic!("must fail") };
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
+        assert!(error.message.contains("frobnicate"), "{}", error.message);
         assert!(parse(br#"{"op":"pause","extra":1}"#).is_err());
         assert!(parse(b"not json").is_err());
-    }
-
-    #[test]
-    fn responses_are_one_json_line() {
-        let line = Response::Ok(json!({"state": "paused"})).to_line();
-        assert_eq!(line.last(), Some(&b'\n'));
-        let value: Value = serde_json::from_slice(&line).expect("json");
-        assert_eq!(value, json!({"ok": true, "state": "paused"}));
-        let line = Response::Err(Code::FailedPrecondition, "not paused".into()).to_line();
-        let value: Value = serde_json::from_slice(&line).expect("json");
-        assert_eq!(value, json!({"ok": false, "code": "failed_precondition", "error": "not paused"}));
     }
 
     #[test]
@@ -219,11 +150,35 @@ mod tests {
         client.write_all(b"{\"op\":\"state\"}\n{\"op\":\"metrics\"}\n").expect("write");
         let Readiness::Requests(fd, requests) = server.on_readable(fds[0]) else { panic!("requests") };
         assert_eq!(requests, vec![Ok(Request::State {}), Ok(Request::Metrics {})]);
-        assert!(server.reply(fd, &Response::Ok(json!({"x": 1}))));
+        assert!(server.reply(fd, &Response::RunState { state: RunState::Paused }));
         let mut buf = [0u8; 64];
         let n = client.read(&mut buf).expect("read");
-        assert_eq!(&buf[..n], b"{\"ok\":true,\"x\":1}\n");
+        assert_eq!(&buf[..n], b"{\"answer\":\"run-state\",\"state\":\"paused\"}\n");
         drop(server);
         assert!(!path.exists(), "socket removed on drop");
+    }
+
+    #[test]
+    fn an_over_long_line_is_refused_and_closes_the_connection() {
+        let path = std::env::temp_dir().join(format!("brig-api-long-{}.sock", std::process::id()));
+        let mut server = ApiServer::bind(&path).expect("bind");
+        let mut client = UnixStream::connect(&path).expect("connect");
+        let Readiness::Accepted(fds) = server.on_readable(server.listener_fd()) else { panic!("accept") };
+        client.set_nonblocking(true).expect("nonblocking");
+        let chunk = vec![b'x'; 4096];
+        let mut closed = false;
+        for _ in 0..(MAX_LINE / chunk.len() + 2) {
+            let _ = client.write_all(&chunk);
+            if let Readiness::Closed(_) = server.on_readable(fds[0]) {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "a line over {MAX_LINE} bytes closes the connection");
+        client.set_nonblocking(false).expect("blocking");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).expect("read");
+        let Ok(Response::Error(error)) = wire::parse_response(answer.trim_end().as_bytes()) else { panic!("{answer}") };
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
     }
 }

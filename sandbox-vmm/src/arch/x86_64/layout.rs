@@ -56,6 +56,8 @@ pub const PAGE_SIZE: u64 = 4096;
 const _: () = assert!(MMIO_START + MMIO_SLOTS * MMIO_SLOT_SIZE < IOAPIC_START);
 const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS > LAPIC_START);
 const _: () = assert!((IRQ_MAX - FIRST_VIRTIO_IRQ + 1) as u64 == MMIO_SLOTS);
+// The contract's device limit is exactly the slots this layout has.
+const _: () = assert!(brig_vmm_api::config::MAX_DEVICES as u64 == MMIO_SLOTS);
 
 /// Guest RAM ranges for `memory_bytes` of memory: below the MMIO gap, and above 4 GiB
 /// for whatever does not fit below it.

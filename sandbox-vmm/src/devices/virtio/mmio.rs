@@ -391,8 +391,13 @@ mod tests {
 
     fn transport() -> MmioTransport {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
-        let events = DeviceEvents::new().expect("epoll");
-        MmioTransport::new(Box::new(Dummy { queues: vec![], acked: 0 }), mem, events.next_ops()).expect("transport")
+        let mut events = DeviceEvents::new().expect("epoll");
+        let transport = events
+            .register_with(|ops| MmioTransport::new(Box::new(Dummy { queues: vec![], acked: 0 }), mem, ops))
+            .expect("transport");
+        drop(events);
+        let Ok(transport) = Arc::try_unwrap(transport) else { panic!("only the test holds the transport") };
+        transport.into_inner().expect("not poisoned")
     }
 
     fn read(t: &mut MmioTransport, offset: u64) -> u32 {

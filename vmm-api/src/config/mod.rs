@@ -3,7 +3,8 @@
 //! The same structure comes from `brig-vmm`'s flags or from `--config FILE`
 //! (JSON), which is what the shim writes. [`VmConfig::validate`] checks
 //! everything that can be checked before touching KVM, so a bad path or size
-//! fails before anything is created.
+//! fails before anything is created: brig-vmm runs it, and a caller may run it
+//! first to fail earlier.
 
 mod block;
 mod boot;
@@ -14,10 +15,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use block::BlockConfig;
-pub use boot::BootConfig;
-pub use machine::MachineConfig;
-pub use vsock::VsockConfig;
+pub use block::{BlockConfig, SERIAL_LEN};
+pub use boot::{BootConfig, DEFAULT_CMDLINE, REQUIRED_CMDLINE};
+pub use machine::{MachineConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+pub use vsock::{VsockConfig, MIN_GUEST_CID};
+
+/// Virtio devices that fit on brig-vmm's MMIO bus (one slot and one IRQ each).
+pub const MAX_DEVICES: usize = 19;
+/// Longest socket path brig-vmm accepts: `sun_path` is 108 bytes with its NUL, and
+/// vsock listeners add `_<port>` (up to 11 bytes).
+pub const MAX_SOCKET_PATH: usize = 107 - 11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -89,9 +96,8 @@ impl VmConfig {
             block.validate()?;
         }
         let devices = self.block.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng);
-        let max = crate::arch::layout::MMIO_SLOTS as usize;
-        if devices > max {
-            return Err(ConfigError::TooManyDevices { got: devices, max });
+        if devices > MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices { got: devices, max: MAX_DEVICES });
         }
         if let Some(api) = &self.api_socket {
             check_new_socket("the control socket", api)?;
@@ -111,10 +117,8 @@ pub(crate) fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigEr
 
 /// A Unix socket path brig-vmm will create: it must not exist yet, and its directory must.
 pub(crate) fn check_new_socket(what: &'static str, path: &Path) -> Result<(), ConfigError> {
-    // sun_path is 108 bytes including the NUL; vsock listeners add `_<port>`.
-    const MAX: usize = 107 - 11;
-    if path.as_os_str().len() > MAX {
-        return Err(ConfigError::SocketPathTooLong { what, path: path.into(), max: MAX });
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(ConfigError::SocketPathTooLong { what, path: path.into(), max: MAX_SOCKET_PATH });
     }
     if path.symlink_metadata().is_ok() {
         return Err(ConfigError::SocketExists { what, path: path.into() });
@@ -130,7 +134,7 @@ pub(crate) fn check_new_socket(what: &'static str, path: &Path) -> Result<(), Co
 mod tests {
     use super::*;
 
-    pub(crate) fn scratch(name: &str) -> PathBuf {
+    fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("brig-config-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         dir

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use crate::memory::MIN_MEMORY_MIB;
 
+/// Below this the guest kernel and agent do not fit.
+pub const MIN_MEMORY_MIB: u64 = 32;
 /// The MP table (and so the guest without ACPI) describes at most this many CPUs.
 pub const MAX_VCPUS: u8 = 32;
 /// Memory above this is refused (the e820 map and slot layout are tested up to here).

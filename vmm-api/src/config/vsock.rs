@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_new_socket, ConfigError};
 
+/// CIDs 0–2 are the hypervisor's, the loopback's and the host's.
+pub const MIN_GUEST_CID: u64 = 3;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VsockConfig {
@@ -18,7 +21,7 @@ pub struct VsockConfig {
 
 impl VsockConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.guest_cid < 3 {
+        if self.guest_cid < MIN_GUEST_CID {
             return Err(ConfigError::ReservedCid(self.guest_cid));
         }
         check_new_socket("the vsock socket", &self.uds_path)

@@ -1,0 +1,43 @@
+//! One exchange per request, with realistic values: what the round-trip tests and
+//! the generated table in docs/control-socket.md use.
+
+use crate::metrics::{Counters, MemoryUsage};
+use crate::{DeviceInfo, ErrorCode, Request, Response, RunState, Saved, VersionInfo, VmMetrics, VmState, API_VERSION};
+
+/// Every request with a typical answer, then a failed request with its error.
+pub fn exchanges() -> Vec<(Request, Response)> {
+    let state_path = std::path::PathBuf::from("/run/brig/1f2e/state.bin");
+    let devices = vec![
+        DeviceInfo { virtio_type: 19, activated: true, status: 15 },
+        DeviceInfo { virtio_type: 4, activated: true, status: 15 },
+    ];
+    let metrics = VmMetrics {
+        counters: Counters { vcpu_exits_io: 4711, vsock_rx_bytes: 65536, api_requests: 3, ..Counters::default() },
+        memory: MemoryUsage {
+            rss_kib: 60_312,
+            rss_anon_kib: 1_204,
+            rss_file_kib: 2_608,
+            rss_guest_kib: 56_500,
+            guest_memory_kib: 262_144,
+        },
+    };
+    vec![
+        (
+            Request::Version { client: Some(API_VERSION) },
+            Response::Version(VersionInfo { api: API_VERSION, vmm_version: "0.1.0".into() }),
+        ),
+        (Request::Pause {}, Response::RunState { state: RunState::Paused }),
+        (Request::Resume {}, Response::RunState { state: RunState::Running }),
+        (Request::Shutdown {}, Response::RunState { state: RunState::Stopping }),
+        (
+            Request::State {},
+            Response::State(VmState { state: RunState::Running, vcpus: 2, memory_mib: 256, uptime_ms: 5120, devices }),
+        ),
+        (Request::Metrics {}, Response::Metrics(metrics)),
+        (Request::SaveState { path: state_path.clone() }, Response::Saved(Saved { path: state_path.clone(), bytes: 48_213 })),
+        (
+            Request::SaveState { path: state_path },
+            Response::error(ErrorCode::FailedPrecondition, "save-state needs a paused VM: send pause first"),
+        ),
+    ]
+}

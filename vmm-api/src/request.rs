@@ -1,0 +1,47 @@
+//! What a client asks brig-vmm over the control socket: one JSON object per line,
+//! tagged by `op`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ApiVersion;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// brig-vmm's API and build versions. A client names its own API version and
+    /// brig-vmm refuses one of another major version (`version_mismatch`).
+    Version {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<ApiVersion>,
+    },
+    // Empty struct variants, not unit ones: serde ignores unknown fields on unit
+    // variants of internally tagged enums, and a typo should not pass silently.
+    /// Stops every vCPU and device processing. Idempotent.
+    Pause {},
+    /// Idempotent.
+    Resume {},
+    /// Stops the VM now; brig-vmm exits 0.
+    Shutdown {},
+    State {},
+    Metrics {},
+    /// Writes vCPU, VM and device state to a new file (needs a paused VM).
+    SaveState { path: PathBuf },
+}
+
+impl Request {
+    /// The `op` name, as on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Version { .. } => "version",
+            Request::Pause {} => "pause",
+            Request::Resume {} => "resume",
+            Request::Shutdown {} => "shutdown",
+            Request::State {} => "state",
+            Request::Metrics {} => "metrics",
+            Request::SaveState { .. } => "save-state",
+        }
+    }
+
+}

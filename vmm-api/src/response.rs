@@ -1,0 +1,141 @@
+//! What brig-vmm answers: one JSON object per line, tagged by `answer`. Each
+//! request has one answer kind ([`Request`](crate::Request) docs), or `error`.
+//!
+//! Answers accept fields they do not know (a newer brig-vmm of the same major
+//! version may add some); requests do not, so a client's typo is an error.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Counters, MemoryUsage};
+use crate::ApiVersion;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Response {
+    /// To `version`.
+    Version(VersionInfo),
+    /// To `pause`, `resume` and `shutdown`: the state the VM is now in.
+    RunState { state: RunState },
+    /// To `state`.
+    State(VmState),
+    /// To `metrics`.
+    Metrics(VmMetrics),
+    /// To `save-state`.
+    Saved(Saved),
+    /// To any request that failed.
+    Error(ApiError),
+}
+
+impl Response {
+    /// The `answer` name, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Version(_) => "version",
+            Response::RunState { .. } => "run-state",
+            Response::State(_) => "state",
+            Response::Metrics(_) => "metrics",
+            Response::Saved(_) => "saved",
+            Response::Error(_) => "error",
+        }
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error(ApiError { code, message: message.into() })
+    }
+
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Paused,
+    /// `shutdown` was accepted; brig-vmm is exiting.
+    Stopping,
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Stopping => "stopping",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The control API brig-vmm speaks.
+    pub api: ApiVersion,
+    /// brig-vmm's own version (its crate version).
+    pub vmm_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmState {
+    pub state: RunState,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    /// Since the vCPUs started.
+    pub uptime_ms: u64,
+    /// The virtio-mmio devices in slot order.
+    pub devices: Vec<DeviceInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The virtio device id (2 blk, 4 rng, 19 vsock).
+    pub virtio_type: u32,
+    /// Whether the guest driver has set DRIVER_OK.
+    pub activated: bool,
+    /// The virtio device status register.
+    pub status: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMetrics {
+    pub counters: Counters,
+    pub memory: MemoryUsage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// Error classes, named after the gRPC codes the shim maps them to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, an unknown op, an unknown or missing field, an over-long line.
+    InvalidRequest,
+    /// The client's API major version is not brig-vmm's.
+    VersionMismatch,
+    /// The VM is not in a state for this (e.g. `save-state` while running, or a path that exists).
+    FailedPrecondition,
+    /// brig-vmm failed to do it (a vCPU that does not answer, an I/O error).
+    Internal,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::FailedPrecondition => "failed_precondition",
+            ErrorCode::Internal => "internal",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
