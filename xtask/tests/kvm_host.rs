@@ -41,6 +41,11 @@ fn runs_commands_where_kvm_can_boot_linux() {
         assert!(stderr.contains("test host booted in"), "the boot time is printed: {stderr}");
     }
 
+    // Output comes back byte for byte: no `\r` added before each `\n` by the console tty.
+    let out = kvm_host(&["--", "printf", "a\\nb\\tc\\n"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"a\nb\tc\n", "{:?}", String::from_utf8_lossy(&out.stdout));
+
     // Exit status comes back.
     let out = kvm_host(&["--", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));

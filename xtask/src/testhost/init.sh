@@ -48,13 +48,16 @@ fi
 
 hostname brig-testhost
 ip link set lo up
+# Hold the console open from here on: the tty's settings last only while it is open,
+# and without `raw` (-opost) every `\n` the command writes would come back as `\r\n`.
+exec 3>/dev/hvc0
 stty -F /dev/hvc0 raw -echo
 cut -d" " -f1 /proc/uptime > "$R$RUN/ready.tmp" && mv "$R$RUN/ready.tmp" "$R$RUN/ready"
 # A heartbeat for kvm-host: a test host whose clock stops ticking is wedged, not busy.
 ( while sleep 5; do cut -d" " -f1 /proc/uptime > "$R$RUN/heartbeat"; done ) &
 log "ready at uptime $(cat "$R$RUN/ready")s"
 
-chroot $R /bin/bash "$RUN/run.sh" < /dev/null > /dev/hvc0 2>&1
+chroot $R /bin/bash "$RUN/run.sh" < /dev/null >&3 2>&1
 echo $? > "$R$RUN/status"
 log "command exited with status $(cat "$R$RUN/status")"
 sync
