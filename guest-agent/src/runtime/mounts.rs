@@ -33,6 +33,8 @@ pub enum MountError {
     Pivot(#[source] Errno),
     #[error("unknown rootfs propagation `{0}`")]
     Propagation(String),
+    #[error("bind source {0} leaves the bundle: a relative source must not contain `..`")]
+    SourceOutsideBundle(PathBuf),
     #[error("cannot mask or protect {path}")]
     Protect { path: String, source: Errno },
 }
@@ -176,6 +178,17 @@ fn cgroup_bind(m: &Mount, own: &Path) -> Mount {
     bind
 }
 
+/// Where a bind source is: absolute as given, relative inside the bundle (never above it).
+fn bind_source(bundle: &Path, source: PathBuf) -> Result<PathBuf, MountError> {
+    if source.is_absolute() {
+        return Ok(source);
+    }
+    if source.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(MountError::SourceOutsideBundle(source));
+    }
+    Ok(bundle.join(source))
+}
+
 fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path) -> Result<(), MountError> {
     let options = parse_options(m.options().as_deref().unwrap_or_default());
     let typ = m.typ().as_deref().unwrap_or("");
@@ -183,7 +196,7 @@ fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path) -> Result<(), MountError>
     let dest = m.destination();
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
     if bind {
-        let source = if source.is_absolute() { source } else { bundle.join(source) };
+        let source = bind_source(bundle, source)?;
         let kind = if source.is_dir() { Kind::Dir } else { Kind::File };
         let target = create_in_root(root, dest, kind)?;
         let target_path = fd_path(&target);
@@ -302,6 +315,17 @@ fn make_readonly(path: &str) -> Result<(), MountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_bind_sources_stay_in_the_bundle() {
+        let bundle = Path::new("/run/brig/bundle");
+        assert_eq!(bind_source(bundle, "data".into()).expect("inside"), bundle.join("data"));
+        assert_eq!(bind_source(bundle, "/dev/null".into()).expect("absolute"), Path::new("/dev/null"));
+        for escape in ["../../..", "data/../../etc", ".."] {
+            let err = bind_source(bundle, escape.into()).expect_err(escape);
+            assert!(err.to_string().contains("leaves the bundle"), "{err}");
+        }
+    }
 
     fn opts(list: &[&str]) -> Options {
         parse_options(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
