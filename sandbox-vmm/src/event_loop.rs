@@ -42,6 +42,12 @@ impl EventOps {
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
         self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())
     }
+
+    /// A handle on an epoll set of its own, for devices under test.
+    #[cfg(test)]
+    pub fn detached() -> EventOps {
+        EventOps { epoll: Arc::new(Epoll::new().expect("epoll")), owner: 0 }
+    }
 }
 
 /// The device epoll set and its subscribers.

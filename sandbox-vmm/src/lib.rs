@@ -9,6 +9,7 @@
 //! - [`devices`]: buses, legacy devices, virtio-mmio devices;
 //! - [`event_loop`], [`vmm`]: the running VM; [`api`]: its control socket;
 //! - [`snapshot`]: versioned, checksummed state files;
+//! - [`logging`], [`metrics`]: a bounded log, rate-limited lines for what a guest triggers;
 //! - [`builder`]: the one construction path.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod events;
 pub mod kvm;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod signals;

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         }
     };
     // The configured level is the level: RUST_LOG does not override it.
-    env_logger::Builder::new().parse_filters(&log_level).init();
+    brig_vmm::logging::init(&log_level);
     let vmm = match builder::build(config) {
         Ok(vmm) => vmm,
         Err(e) => {

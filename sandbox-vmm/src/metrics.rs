@@ -5,6 +5,8 @@
 //! brig-vmm's contract and listed once, in `brig_vmm_api::for_each_counter!`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use brig_vmm_api::metrics::{Counters, MemoryUsage};
 use brig_vmm_api::VmMetrics;
@@ -66,23 +68,56 @@ pub fn snapshot(guest_memory_mib: u64) -> VmMetrics {
     VmMetrics { counters: METRICS.counters(), memory: memory_usage(guest_memory_mib) }
 }
 
-/// Logs the first `BURST` occurrences of a guest-triggerable event, then one in every
-/// `EVERY`, so a hostile guest cannot flood the host's logs.
+/// Logs a guest-triggerable event at most `BURST` times per `WINDOW`, and says
+/// how many were not logged, so a hostile guest cannot flood the host's logs
+/// however long it keeps trying.
 #[derive(Debug)]
-pub struct RateLimit(AtomicU64);
+pub struct RateLimit(Mutex<Window>);
+
+#[derive(Debug)]
+struct Window {
+    start: Option<Instant>,
+    logged: u32,
+    seen: u64,
+    suppressed: u64,
+}
+
+/// What [`RateLimit::allow`] lets through: how often the event was seen in all,
+/// and how many were not logged since the last line that was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    pub seen: u64,
+    pub suppressed: u64,
+}
 
 impl RateLimit {
-    const BURST: u64 = 10;
-    const EVERY: u64 = 1000;
+    pub const BURST: u32 = 10;
+    pub const WINDOW: Duration = Duration::from_secs(10);
 
     pub const fn new() -> Self {
-        RateLimit(AtomicU64::new(0))
+        RateLimit(Mutex::new(Window { start: None, logged: 0, seen: 0, suppressed: 0 }))
     }
 
-    /// Whether this occurrence should be logged; also returns how many were seen.
-    pub fn allow(&self) -> Option<u64> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
-        (n <= Self::BURST || n.is_multiple_of(Self::EVERY)).then_some(n)
+    /// Whether this occurrence should be logged.
+    pub fn allow(&self) -> Option<Allowed> {
+        self.allow_at(Instant::now())
+    }
+
+    fn allow_at(&self, now: Instant) -> Option<Allowed> {
+        let mut w = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.seen += 1;
+        if w.start.is_none_or(|start| now.saturating_duration_since(start) >= Self::WINDOW) {
+            w.start = Some(now);
+            w.logged = 0;
+        }
+        if w.logged >= Self::BURST {
+            w.suppressed += 1;
+            return None;
+        }
+        w.logged += 1;
+        let allowed = Allowed { seen: w.seen, suppressed: w.suppressed };
+        w.suppressed = 0;
+        Some(allowed)
     }
 }
 
@@ -97,8 +132,13 @@ impl Default for RateLimit {
 macro_rules! guest_warn {
     ($($arg:tt)*) => {{
         static LIMIT: $crate::metrics::RateLimit = $crate::metrics::RateLimit::new();
-        if let Some(n) = LIMIT.allow() {
-            log::warn!("{} (seen {} times)", format_args!($($arg)*), n);
+        if let Some(allowed) = LIMIT.allow() {
+            log::warn!(
+                "{} (seen {} times, {} not logged)",
+                format_args!($($arg)*),
+                allowed.seen,
+                allowed.suppressed
+            );
         }
     }};
 }
@@ -108,10 +148,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rate_limit_allows_a_burst_then_one_in_a_thousand() {
+    fn rate_limit_allows_a_burst_per_window_whatever_the_count() {
         let limit = RateLimit::new();
-        let allowed = (0..5000).filter(|_| limit.allow().is_some()).count();
-        assert_eq!(allowed, 10 + 5);
+        let start = Instant::now();
+        let allowed = (0..100_000).filter(|_| limit.allow_at(start).is_some()).count();
+        assert_eq!(allowed, RateLimit::BURST as usize, "one window, however many events");
+        let later = start + RateLimit::WINDOW;
+        let next = limit.allow_at(later).expect("a new window logs again");
+        assert_eq!(next, Allowed { seen: 100_001, suppressed: 100_000 - u64::from(RateLimit::BURST) });
+        assert_eq!(limit.allow_at(later), Some(Allowed { seen: 100_002, suppressed: 0 }));
+        // An hour of flooding logs at most BURST lines per window.
+        let mut lines = 0;
+        for second in 0..3600 {
+            let now = later + Duration::from_secs(second);
+            lines += (0..1000).filter(|_| limit.allow_at(now).is_some()).count();
+        }
+        assert!(lines <= (3600 / RateLimit::WINDOW.as_secs() as usize + 1) * RateLimit::BURST as usize, "{lines}");
     }
 
     #[test]

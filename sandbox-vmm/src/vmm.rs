@@ -286,7 +286,7 @@ impl Running {
                 Response::RunState { state: RunState::Stopping }
             }
             Request::State {} => Response::State(self.vm_state()),
-            Request::Metrics {} => Response::Metrics(metrics::snapshot(self.vmm.config.machine.memory_mib)),
+            Request::Metrics {} => Response::Metrics(Box::new(metrics::snapshot(self.vmm.config.machine.memory_mib))),
             Request::SaveState { path } => self.save_state(&path),
         }
     }

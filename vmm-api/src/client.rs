@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::wire::{self, MAX_LINE};
-use crate::{ApiError, ApiVersion, ErrorCode, Request, Response, RunState, Saved, VersionInfo, VmMetrics, VmState};
 use crate::API_VERSION;
+use crate::{ApiError, ApiVersion, ErrorCode, Request, Response, RunState, Saved, VersionInfo, VmMetrics, VmState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -50,10 +50,7 @@ fn check_version(answer: Response) -> Result<VersionInfo, ClientError> {
         Response::Version(info) => Err(ClientError::VersionMismatch { vmm: info.api, client: API_VERSION }),
         // brig-vmm refuses us first when it sees our version; its message names its own.
         Response::Error(ApiError { code: ErrorCode::VersionMismatch, message }) => {
-            let vmm = message
-                .split_whitespace()
-                .find_map(parse_version)
-                .unwrap_or(ApiVersion { major: 0, minor: 0 });
+            let vmm = message.split_whitespace().find_map(parse_version).unwrap_or(ApiVersion { major: 0, minor: 0 });
             Err(ClientError::VersionMismatch { vmm, client: API_VERSION })
         }
         other => expect(&version_request(), other, |_| None),
@@ -162,11 +159,14 @@ impl Client {
     }
 
     pub fn metrics(&mut self) -> Result<VmMetrics, ClientError> {
-        self.typed(Request::Metrics {}, |a| if let Response::Metrics(m) = a { Some(m) } else { None })
+        self.typed(Request::Metrics {}, |a| if let Response::Metrics(m) = a { Some(*m) } else { None })
     }
 
     pub fn save_state(&mut self, path: &Path) -> Result<Saved, ClientError> {
-        self.typed(Request::SaveState { path: path.into() }, |a| if let Response::Saved(s) = a { Some(s) } else { None })
+        self.typed(
+            Request::SaveState { path: path.into() },
+            |a| if let Response::Saved(s) = a { Some(s) } else { None },
+        )
     }
 
     fn typed<T>(&mut self, request: Request, pick: impl FnOnce(Response) -> Option<T>) -> Result<T, ClientError> {
@@ -206,7 +206,11 @@ impl AsyncClient {
         let exchange = async {
             self.reader.get_mut().write_all(&line).await.map_err(ClientError::Io)?;
             let mut answer = Vec::new();
-            (&mut self.reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut answer).await.map_err(ClientError::Io)?;
+            (&mut self.reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut answer)
+                .await
+                .map_err(ClientError::Io)?;
             if answer.len() > MAX_LINE {
                 return Err(ClientError::TooLong);
             }
@@ -232,7 +236,7 @@ impl AsyncClient {
     }
 
     pub async fn metrics(&mut self) -> Result<VmMetrics, ClientError> {
-        self.typed(Request::Metrics {}, |a| if let Response::Metrics(m) = a { Some(m) } else { None }).await
+        self.typed(Request::Metrics {}, |a| if let Response::Metrics(m) = a { Some(*m) } else { None }).await
     }
 
     async fn typed<T>(&mut self, request: Request, pick: impl FnOnce(Response) -> Option<T>) -> Result<T, ClientError> {
@@ -293,7 +297,9 @@ mod tests {
         let vmm_version = format!("{}.3", API_VERSION.major + 1);
         assert_eq!(
             err.to_string(),
-            format!("brig-vmm speaks control API {vmm_version}, this client {API_VERSION}: install a matching brig-vmm")
+            format!(
+                "brig-vmm speaks control API {vmm_version}, this client {API_VERSION}: install a matching brig-vmm"
+            )
         );
         std::fs::remove_file(&path).expect("cleanup");
 

@@ -33,8 +33,11 @@ pub fn exchanges() -> Vec<(Request, Response)> {
             Request::State {},
             Response::State(VmState { state: RunState::Running, vcpus: 2, memory_mib: 256, uptime_ms: 5120, devices }),
         ),
-        (Request::Metrics {}, Response::Metrics(metrics)),
-        (Request::SaveState { path: state_path.clone() }, Response::Saved(Saved { path: state_path.clone(), bytes: 48_213 })),
+        (Request::Metrics {}, Response::Metrics(Box::new(metrics))),
+        (
+            Request::SaveState { path: state_path.clone() },
+            Response::Saved(Saved { path: state_path.clone(), bytes: 48_213 }),
+        ),
         (
             Request::SaveState { path: state_path },
             Response::error(ErrorCode::FailedPrecondition, "save-state needs a paused VM: send pause first"),

@@ -19,6 +19,8 @@ macro_rules! for_each_counter {
             virtio_notifications,
             virtio_interrupts,
             virtio_bad_requests,
+            virtio_budget_exhausted,
+            virtio_short_rx_buffers,
             block_reads,
             block_writes,
             block_flushes,
@@ -33,6 +35,7 @@ macro_rules! for_each_counter {
             vsock_connections_opened,
             vsock_connections_closed,
             vsock_resets,
+            vsock_resets_dropped,
             api_requests,
         }
     };

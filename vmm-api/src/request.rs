@@ -27,7 +27,9 @@ pub enum Request {
     State {},
     Metrics {},
     /// Writes vCPU, VM and device state to a new file (needs a paused VM).
-    SaveState { path: PathBuf },
+    SaveState {
+        path: PathBuf,
+    },
 }
 
 impl Request {
@@ -43,5 +45,4 @@ impl Request {
             Request::SaveState { .. } => "save-state",
         }
     }
-
 }

@@ -21,8 +21,8 @@ pub enum Response {
     RunState { state: RunState },
     /// To `state`.
     State(VmState),
-    /// To `metrics`.
-    Metrics(VmMetrics),
+    /// To `metrics` (boxed: it is several times larger than the other answers).
+    Metrics(Box<VmMetrics>),
     /// To `save-state`.
     Saved(Saved),
     /// To any request that failed.
@@ -45,7 +45,6 @@ impl Response {
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
         Response::Error(ApiError { code, message: message.into() })
     }
-
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

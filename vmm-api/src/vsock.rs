@@ -89,8 +89,9 @@ pub async fn connect_async(uds: &Path, port: u32, timeout: Duration) -> Result<t
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let handshake = async {
-        let mut stream =
-            tokio::net::UnixStream::connect(uds).await.map_err(|source| VsockError::Connect { path: uds.into(), source })?;
+        let mut stream = tokio::net::UnixStream::connect(uds)
+            .await
+            .map_err(|source| VsockError::Connect { path: uds.into(), source })?;
         stream.write_all(&request(port)).await.map_err(|source| VsockError::Io { port, source })?;
         let mut reply = Vec::new();
         while reply.last() != Some(&b'\n') && reply.len() <= MAX_REPLY {

@@ -28,7 +28,8 @@ fn every_answer_round_trips() {
 
 #[test]
 fn unknown_ops_fields_and_garbage_are_invalid_requests() {
-    for bad in [&br#"{"op":"frobnicate"}"#[..], br#"{"op":"pause","extra":1}"#, b"not json", br#"{"op":"save-state"}"#] {
+    for bad in [&br#"{"op":"frobnicate"}"#[..], br#"{"op":"pause","extra":1}"#, b"not json", br#"{"op":"save-state"}"#]
+    {
         let Err(error) = parse_request(bad) else { panic!("{} must fail", String::from_utf8_lossy(bad)) };
         assert_eq!(error.code, ErrorCode::InvalidRequest);
     }
@@ -40,10 +41,12 @@ fn unknown_ops_fields_and_garbage_are_invalid_requests() {
 
 #[test]
 fn answers_take_fields_a_newer_vmm_adds_but_not_unknown_kinds_or_values() {
-    let answer = parse_response(br#"{"answer":"run-state","state":"paused","since_ms":12}"#).expect("forward compatible");
+    let answer =
+        parse_response(br#"{"answer":"run-state","state":"paused","since_ms":12}"#).expect("forward compatible");
     assert_eq!(answer, Response::RunState { state: brig_vmm_api::RunState::Paused });
-    let metrics = parse_response(br#"{"answer":"metrics","counters":{"vsock_rx_bytes":5,"new_counter":1},"memory":{}}"#)
-        .expect("a newer counter set");
+    let metrics =
+        parse_response(br#"{"answer":"metrics","counters":{"vsock_rx_bytes":5,"new_counter":1},"memory":{}}"#)
+            .expect("a newer counter set");
     let Response::Metrics(metrics) = metrics else { panic!("metrics") };
     assert_eq!((metrics.counters.vsock_rx_bytes, metrics.counters.vcpu_exits_io), (5, 0));
     assert!(parse_response(br#"{"answer":"teleported"}"#).is_err());

@@ -2,6 +2,11 @@
 //! cannot fill the host's disk), the last few KiB stay in memory for error
 //! messages, and complete lines are scanned for the kernel's panic and power-off
 //! messages.
+//!
+//! Only a line as the kernel formats it counts (`[ seconds.micros] message`, the
+//! guest kernel has `CONFIG_PRINTK_TIME`), with the marker at the start of the
+//! message: the agent also writes to the console, and its lines can carry text the
+//! container's spec chose, which must not end the VM.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -104,11 +109,22 @@ impl Write for ConsoleSink {
     }
 }
 
+/// The message of a kernel log line (`[    1.234567] message`), or None for any
+/// other line.
+fn kernel_message(line: &str) -> Option<&str> {
+    let rest = line.trim_start_matches('\r').strip_prefix('[')?;
+    let (stamp, message) = rest.split_once("] ")?;
+    let (seconds, fraction) = stamp.trim_start_matches(' ').split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(seconds) && digits(fraction)).then_some(message)
+}
+
 fn scan_line(state: &mut State) {
     let line = std::mem::take(&mut state.line);
     let text = String::from_utf8_lossy(&line);
+    let Some(message) = kernel_message(&text) else { return };
     for (marker, event) in MARKERS {
-        if text.contains(marker) && !state.seen.contains(event) {
+        if message.starts_with(marker) && !state.seen.contains(event) {
             state.seen.push(event.clone());
             if let Some(events) = &state.events {
                 events.send(event.clone());
@@ -129,12 +145,31 @@ mod tests {
         let mut sink = console.sink();
         sink.write_all(b"[    0.5] booting\r\n[    1.0] Kernel panic - not syncing: VFS: Unable to mount\r\n")
             .expect("write");
-        sink.write_all(b"Kernel panic - not syncing: again\n").expect("write");
+        sink.write_all(b"[    1.1] Kernel panic - not syncing: again\n").expect("write");
         assert_eq!(rx.rx.try_recv(), Ok(VmEvent::Panic));
         assert!(rx.rx.try_recv().is_err(), "reported once");
         let tail = console.tail(2);
         assert!(tail.starts_with("[    1.0] Kernel panic"), "{tail}");
         assert!(!tail.contains('\r'));
+    }
+
+    #[test]
+    fn only_kernel_formatted_lines_are_verdicts() {
+        let (tx, rx) = channel_pair().expect("channel");
+        let console = Console::new(None, Some(tx));
+        let mut sink = console.sink();
+        for forged in [
+            &b"[2026-12-01T20:00:00Z INFO  guest_agent] exec Kernel panic - not syncing\n"[..],
+            b"Kernel panic - not syncing: from a workload\n",
+            b"[    1.0] brig-agent: container said reboot: Power down\n",
+            b"[ x.0] Kernel panic - not syncing: not a timestamp\n",
+            b"[    1.0]Kernel panic - not syncing: no space\n",
+        ] {
+            sink.write_all(forged).expect("write");
+        }
+        assert!(rx.rx.try_recv().is_err(), "no verdict from text the kernel did not format");
+        sink.write_all(b"\r[   12.345678] reboot: System halted\r\n").expect("write");
+        assert_eq!(rx.rx.try_recv(), Ok(VmEvent::PowerOff));
     }
 
     #[test]

@@ -137,6 +137,35 @@ impl MmioTransport {
         }
     }
 
+    /// One half of a ring address. Checked here (alignment), so virtio-queue never
+    /// logs what a guest wrote; a refused half leaves the address as it was.
+    fn set_ring_address(&mut self, offset: u32, value: u32) {
+        let Some(q) = self.selected_queue() else { return };
+        let (current, high) = match offset {
+            VIRTIO_MMIO_QUEUE_DESC_LOW | VIRTIO_MMIO_QUEUE_DESC_HIGH => {
+                (q.desc_table(), offset == VIRTIO_MMIO_QUEUE_DESC_HIGH)
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW | VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
+                (q.avail_ring(), offset == VIRTIO_MMIO_QUEUE_AVAIL_HIGH)
+            }
+            _ => (q.used_ring(), offset == VIRTIO_MMIO_QUEUE_USED_HIGH),
+        };
+        let address = if high {
+            (current & 0xffff_ffff) | (u64::from(value) << 32)
+        } else {
+            (current & !0xffff_ffff) | u64::from(value)
+        };
+        let address = vm_memory::GuestAddress(address);
+        let result = match offset {
+            VIRTIO_MMIO_QUEUE_DESC_LOW | VIRTIO_MMIO_QUEUE_DESC_HIGH => q.try_set_desc_table_address(address),
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW | VIRTIO_MMIO_QUEUE_AVAIL_HIGH => q.try_set_avail_ring_address(address),
+            _ => q.try_set_used_ring_address(address),
+        };
+        if result.is_err() {
+            guest_warn!("misaligned ring address {:#x} refused (register {offset:#x})", address.0);
+        }
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         if self.activated {
             guest_warn!("queue register written after DRIVER_OK");
@@ -270,7 +299,11 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
             VIRTIO_MMIO_QUEUE_NUM => {
                 if let Some(q) = self.selected_queue() {
-                    q.set_size(value as u16);
+                    // Validated here, so virtio-queue never logs what a guest wrote.
+                    match u16::try_from(value).ok().filter(|&size| q.try_set_size(size).is_ok()) {
+                        Some(_) => {}
+                        None => guest_warn!("queue size {value} refused (max {})", q.max_size()),
+                    }
                 }
             }
             VIRTIO_MMIO_QUEUE_READY => {
@@ -286,24 +319,12 @@ impl MmioTransport {
             }
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
             VIRTIO_MMIO_STATUS => self.set_status(value),
-            VIRTIO_MMIO_QUEUE_DESC_LOW => {
-                self.selected_queue().map_or((), |q| q.set_desc_table_address(Some(value), None))
-            }
-            VIRTIO_MMIO_QUEUE_DESC_HIGH => {
-                self.selected_queue().map_or((), |q| q.set_desc_table_address(None, Some(value)))
-            }
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
-                self.selected_queue().map_or((), |q| q.set_avail_ring_address(Some(value), None))
-            }
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
-                self.selected_queue().map_or((), |q| q.set_avail_ring_address(None, Some(value)))
-            }
-            VIRTIO_MMIO_QUEUE_USED_LOW => {
-                self.selected_queue().map_or((), |q| q.set_used_ring_address(Some(value), None))
-            }
-            VIRTIO_MMIO_QUEUE_USED_HIGH => {
-                self.selected_queue().map_or((), |q| q.set_used_ring_address(None, Some(value)))
-            }
+            VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH => self.set_ring_address(offset, value),
             _ => guest_warn!("write of unknown virtio-mmio register {offset:#x}"),
         }
     }

@@ -20,6 +20,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+#[cfg(test)]
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use crate::event_loop::EventOps;
 use crate::metrics::METRICS;
@@ -155,6 +157,20 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// Descriptor chains served per queue event: one ring's worth.
+pub fn budget(queue: &Queue) -> usize {
+    usize::from(queue.size().max(1))
+}
+
+/// Makes a queue's notification fire again, so its leftover work is served on the
+/// event loop's next turn, after the events that are waiting now.
+pub fn rearm(evt: &EventFd) {
+    METRICS.virtio_budget_exhausted.inc();
+    if let Err(e) = evt.write(1) {
+        log::error!("cannot re-arm a queue notification: {e}");
+    }
+}
+
 /// A device with one queue (block, rng): the queue, its notification eventfd and
 /// the request loop around a per-request handler.
 #[derive(Debug)]
@@ -189,20 +205,28 @@ impl SingleQueue {
         true
     }
 
-    /// Serves every available request with `handle`, which returns the bytes it wrote
-    /// into guest buffers, then interrupts the guest if it wants to be told.
+    /// Serves available requests with `handle`, which returns the bytes it wrote into
+    /// guest buffers, then interrupts the guest if it wants to be told. At most
+    /// [`budget`] requests per call: a guest that keeps moving `avail.idx` must not
+    /// hold the event loop, so with more waiting the queue re-arms its own
+    /// notification and the loop serves everything else first.
     pub fn process(&mut self, mut handle: impl FnMut(&GuestMemoryMmap, DescriptorChain<&GuestMemoryMmap>) -> u32) {
         let mem = &self.mem;
-        let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+        let budget = budget(&self.queue);
+        let mut served = 0;
+        while served < budget {
+            let Some(chain) = self.queue.pop_descriptor_chain(mem) else { break };
             let head = chain.head_index();
             let len = handle(mem, chain);
             if let Err(e) = self.queue.add_used(mem, head, len) {
                 crate::guest_warn!("cannot return a buffer to the guest: {e}");
             }
-            used_any = true;
+            served += 1;
         }
-        if used_any && self.queue.needs_notification(mem).unwrap_or(true) {
+        if served == budget {
+            rearm(&self.evt);
+        }
+        if served > 0 && self.queue.needs_notification(mem).unwrap_or(true) {
             self.interrupt.signal_used_queue();
         }
     }
@@ -219,6 +243,33 @@ impl SingleQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_that_keeps_moving_avail_idx_gets_one_ring_per_event() {
+        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{Address, Bytes, GuestAddress};
+
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
+        let mock = MockSplitQueue::new(&mem, 16);
+        let descs = [RawDescriptor::from(Descriptor::new(0x8_0000, 16, 0, 0))];
+        mock.build_desc_chain(&descs).expect("chain");
+        let avail_idx = mock.avail_addr().checked_add(2).expect("avail.idx");
+        let queue: Queue = mock.create_queue().expect("queue");
+        let (evt, irq) = (EventFd::new(EFD_NONBLOCK).expect("evt"), EventFd::new(0).expect("irq"));
+        let mut single = SingleQueue { mem: mem.clone(), interrupt: Arc::new(Interrupt::new(irq)), queue, evt };
+        // The hostile guest: every request it sees served, it posts one more, forever.
+        let mut served = 0u32;
+        single.process(|mem, _chain| {
+            served += 1;
+            let idx: u16 = mem.read_obj(avail_idx).expect("idx");
+            mem.write_obj(idx.wrapping_add(1), avail_idx).expect("idx");
+            0
+        });
+        assert_eq!(served, 16, "one ring's worth, then back to the event loop");
+        assert_eq!(single.evt.read().expect("re-armed"), 1, "the rest waits for the next turn");
+        assert!(single.evt.read().is_err(), "re-armed once");
+    }
 
     #[test]
     fn config_reads_are_bounded() {

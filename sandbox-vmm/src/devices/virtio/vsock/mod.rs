@@ -44,6 +44,9 @@ const MAX_PAYLOAD: usize = 64 << 10;
 const MAX_CONNECTIONS: usize = 1024;
 /// `CONNECT 4294967295\n` fits; anything longer without a newline is refused.
 const MAX_HANDSHAKE: usize = 32;
+/// Resets waiting for rx buffers beyond this are dropped (and counted): a guest that
+/// posts no rx buffers must not grow brig-vmm's memory.
+const MAX_CONTROL: usize = QUEUE_SIZE as usize;
 /// Ports we give host-initiated connections on the host side.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -83,6 +86,8 @@ pub struct Vsock {
     next_local_port: u32,
     rx_starved: bool,
     config: [u8; 8],
+    /// One tx payload at a time, reused.
+    tx_buf: Vec<u8>,
 }
 
 impl Vsock {
@@ -103,6 +108,7 @@ impl Vsock {
             next_local_port: FIRST_LOCAL_PORT,
             rx_starved: false,
             config: config.guest_cid.to_le_bytes(),
+            tx_buf: vec![0; MAX_PAYLOAD],
         })
     }
 
@@ -186,29 +192,37 @@ impl Vsock {
         }
     }
 
+    /// Handles each tx chain as it is popped, at most one ring's worth per event (then
+    /// the tx notification is re-armed, so the event loop serves everything else first).
     fn process_tx(&mut self, ops: &EventOps) {
-        let Some(active) = self.active.as_mut() else { return };
-        let mut packets = Vec::new();
-        let mut used_any = false;
-        while let Some(chain) = active.queues[TX].pop_descriptor_chain(&active.mem) {
+        let mut payload = std::mem::take(&mut self.tx_buf);
+        let mut served = 0;
+        let mut budget = usize::MAX;
+        while served < budget {
+            let Some(active) = self.active.as_mut() else { break };
+            budget = super::budget(&active.queues[TX]);
+            let Some(chain) = active.queues[TX].pop_descriptor_chain(&active.mem) else { break };
             let head = chain.head_index();
-            match read_packet(&active.mem, chain) {
-                Some(packet) => packets.push(packet),
+            let packet = read_packet(&active.mem, chain, &mut payload);
+            if let Err(e) = active.queues[TX].add_used(&active.mem, head, 0) {
+                guest_warn!("vsock: cannot return a tx buffer: {e}");
+            }
+            served += 1;
+            match packet {
+                Some((hdr, len)) => self.on_guest_packet(hdr, &payload[..len], ops),
                 None => {
                     METRICS.virtio_bad_requests.inc();
                     guest_warn!("vsock: malformed packet from the guest dropped");
                 }
             }
-            if let Err(e) = active.queues[TX].add_used(&active.mem, head, 0) {
-                guest_warn!("vsock: cannot return a tx buffer: {e}");
-            }
-            used_any = true;
         }
-        if used_any && active.queues[TX].needs_notification(&active.mem).unwrap_or(true) {
+        self.tx_buf = payload;
+        let Some(active) = self.active.as_mut() else { return };
+        if served == budget {
+            super::rearm(&active.evts[TX]);
+        }
+        if served > 0 && active.queues[TX].needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
-        }
-        for (hdr, payload) in packets {
-            self.on_guest_packet(hdr, &payload, ops);
         }
     }
 
@@ -281,8 +295,7 @@ impl Vsock {
 
     /// Answers a packet for a connection we don't have with RST.
     fn reset_unknown(&mut self, hdr: &Header) {
-        METRICS.vsock_resets.inc();
-        self.control.push_back(Header {
+        self.queue_control(Header {
             src_cid: HOST_CID,
             dst_cid: self.cid,
             src_port: hdr.dst_port,
@@ -291,6 +304,17 @@ impl Vsock {
             op: OP_RST,
             ..Default::default()
         });
+    }
+
+    /// Queues a reset for the guest, unless [`MAX_CONTROL`] are waiting already.
+    fn queue_control(&mut self, hdr: Header) {
+        if self.control.len() >= MAX_CONTROL {
+            METRICS.vsock_resets_dropped.inc();
+            guest_warn!("vsock: {MAX_CONTROL} resets wait for rx buffers; dropping one");
+            return;
+        }
+        METRICS.vsock_resets.inc();
+        self.control.push_back(hdr);
     }
 
     /// Closes the host side of a connection, resetting the guest side if asked.
@@ -305,8 +329,7 @@ impl Vsock {
         if reset_guest {
             let mut hdr = conn.header(self.cid, OP_RST);
             hdr.fwd_cnt = 0;
-            self.control.push_back(hdr);
-            METRICS.vsock_resets.inc();
+            self.queue_control(hdr);
         }
     }
 
@@ -355,6 +378,16 @@ impl Vsock {
                 };
                 let head = chain.head_index();
                 let room = chain_room(&active.mem, &chain).min(MAX_PAYLOAD);
+                if room == 0 {
+                    // Too small for a header and data, or outside guest RAM: consumed, not
+                    // pushed back, or the guest could keep the event loop spinning on it.
+                    METRICS.virtio_short_rx_buffers.inc();
+                    guest_warn!("vsock: rx buffer too small for a packet; returned unused");
+                    add_used(active, head, 0);
+                    used_any = true;
+                    progressed = true;
+                    continue;
+                }
                 match conn.next_packet(self.cid, &mut buf[..room]) {
                     Ok(Some(hdr)) => {
                         let len = write_packet(&active.mem, chain, &hdr, &buf[..hdr.len as usize]);
@@ -429,22 +462,23 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
     text.strip_prefix("CONNECT ")?.parse().ok()
 }
 
-/// Reads one packet (header + payload) from a tx chain.
+/// Reads one packet from a tx chain: its header, and its payload into `payload`
+/// (which holds [`MAX_PAYLOAD`] bytes); returns the header and the payload's length.
 fn read_packet(
     mem: &GuestMemoryMmap,
     chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-) -> Option<(Header, Vec<u8>)> {
+    payload: &mut [u8],
+) -> Option<(Header, usize)> {
     let mut reader = chain.reader(mem).ok()?;
     let mut raw = [0u8; HDR_LEN];
     reader.read_exact(&mut raw).ok()?;
     let hdr = Header::parse(&raw);
     let len = hdr.len as usize;
-    if len > MAX_PAYLOAD || len > reader.available_bytes() {
+    if len > MAX_PAYLOAD || len > payload.len() || len > reader.available_bytes() {
         return None;
     }
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload).ok()?;
-    Some((hdr, payload))
+    reader.read_exact(&mut payload[..len]).ok()?;
+    Some((hdr, len))
 }
 
 /// Payload bytes an rx chain can take after the header.
@@ -614,15 +648,16 @@ mod tests {
         };
         mem.write_slice(&hdr.to_bytes(), GuestAddress(0x10_0000)).expect("header");
         mem.write_slice(b"12345678", GuestAddress(0x20_0000)).expect("payload");
-        let (parsed, payload) = read_packet(&mem, chain(8)).expect("a well-formed packet");
-        assert_eq!((parsed, payload.as_slice()), (hdr, &b"12345678"[..]));
+        let mut payload = vec![0u8; MAX_PAYLOAD];
+        let (parsed, len) = read_packet(&mem, chain(8), &mut payload).expect("a well-formed packet");
+        assert_eq!((parsed, &payload[..len]), (hdr, &b"12345678"[..]));
 
         hdr.len = 4096; // claims more than the chain holds
         mem.write_slice(&hdr.to_bytes(), GuestAddress(0x10_0000)).expect("header");
-        assert!(read_packet(&mem, chain(8)).is_none());
+        assert!(read_packet(&mem, chain(8), &mut payload).is_none());
         hdr.len = (MAX_PAYLOAD + 1) as u32; // more than any packet may carry
         mem.write_slice(&hdr.to_bytes(), GuestAddress(0x10_0000)).expect("header");
-        assert!(read_packet(&mem, chain(MAX_PAYLOAD as u32 + 1)).is_none());
+        assert!(read_packet(&mem, chain(MAX_PAYLOAD as u32 + 1), &mut payload).is_none());
     }
 
     #[test]
@@ -633,5 +668,109 @@ mod tests {
         drop(dev);
         assert!(!path.exists());
         assert_eq!(host_listener_path(&path, 1025).to_string_lossy(), format!("{}_1025", path.display()));
+    }
+
+    mod hostile {
+        use super::super::*;
+        use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{Address, Bytes, GuestAddress};
+
+        const RX_BASE: u64 = 0;
+        const GOOD_BUFFER: u64 = 0x10_0000;
+
+        fn writable(addr: u64, len: u32) -> RawDescriptor {
+            RawDescriptor::from(Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0))
+        }
+
+        fn guest_header(op: u16, src_port: u32, dst_port: u32) -> Header {
+            Header {
+                src_cid: 3,
+                dst_cid: HOST_CID,
+                src_port,
+                dst_port,
+                kind: TYPE_STREAM,
+                op,
+                buf_alloc: 64 << 10,
+                ..Default::default()
+            }
+        }
+
+        /// An activated device over mock queues in `mem`; the rx queue is at RX_BASE.
+        fn activated(name: &str, mem: &GuestMemoryMmap) -> (Vsock, EventOps, PathBuf) {
+            let path = std::env::temp_dir().join(format!("brig-vsock-{name}-{}.sock", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let mut vsock = Vsock::new(&VsockConfig { guest_cid: 3, uds_path: path.clone() }).expect("vsock");
+            let queues = [RX_BASE, 0x1_0000, 0x2_0000]
+                .iter()
+                .map(|&base| MockSplitQueue::create(mem, GuestAddress(base), 16).create_queue().expect("queue"))
+                .collect();
+            let evt = || EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("evt");
+            let interrupt = Arc::new(Interrupt::new(evt()));
+            let activation = Activation { mem: mem.clone(), interrupt, queues, queue_evts: vec![evt(), evt(), evt()] };
+            let ops = EventOps::detached();
+            vsock.activate(activation, &ops).expect("activate");
+            (vsock, ops, path)
+        }
+
+        #[test]
+        fn resets_for_a_guest_that_posts_no_rx_buffers_are_capped() {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+            let (mut vsock, ops, path) = activated("rst-cap", &mem);
+            let dropped = METRICS.vsock_resets_dropped.get();
+            for port in 0..(MAX_CONTROL as u32 * 4) {
+                // To ports nobody has, and of a type that is not a stream: each wants a reset.
+                let mut hdr = guest_header(OP_RW, 5000 + port, 7777);
+                if port % 2 == 0 {
+                    hdr.kind = 2;
+                }
+                vsock.on_guest_packet(hdr, &[], &ops);
+            }
+            assert_eq!(vsock.control.len(), MAX_CONTROL, "the queue of resets stops growing");
+            assert!(METRICS.vsock_resets_dropped.get() - dropped >= 3 * MAX_CONTROL as u64, "and drops are counted");
+            drop(vsock);
+            assert!(!path.exists());
+        }
+
+        #[test]
+        fn rx_buffers_too_small_for_a_packet_are_consumed_not_spun_on() {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+            let (mut vsock, ops, path) = activated("short-rx", &mem);
+            let rx = MockSplitQueue::create(&mem, GuestAddress(RX_BASE), 16);
+
+            // A host connection to guest port 1024, accepted by the guest.
+            let mut host = UnixStream::connect(&path).expect("connect");
+            host.write_all(b"CONNECT 1024\n").expect("handshake");
+            vsock.accept_all(&ops);
+            let fd = *vsock.handshakes.keys().next().expect("a handshake");
+            vsock.on_handshake(fd, &ops);
+            rx.add_desc_chains(&[writable(GOOD_BUFFER, 4096)], 0).expect("a good rx buffer");
+            vsock.process_rx(&ops);
+            let mut raw = [0u8; HDR_LEN];
+            mem.read_slice(&mut raw, GuestAddress(GOOD_BUFFER)).expect("hdr");
+            let request = Header::parse(&raw);
+            assert_eq!(request.op, OP_REQUEST);
+            vsock.on_guest_packet(guest_header(OP_RESPONSE, 1024, request.src_port), &[], &ops);
+
+            // The host sends data; the guest offers only buffers smaller than a header.
+            host.write_all(b"hello").expect("data");
+            vsock.on_host_stream(host_fd(&vsock), EventSet::IN, &ops);
+            let short = [writable(0x20_0000, 8), writable(0x20_1000, 8), writable(0x20_2000, 8)];
+            rx.add_desc_chains(&short, 1).expect("short rx buffers");
+            let before = METRICS.virtio_short_rx_buffers.get();
+            vsock.process_rx(&ops);
+            assert!(METRICS.virtio_short_rx_buffers.get() - before >= 3, "each short buffer is counted");
+            let used: u16 = mem.read_obj(rx.used_addr().unchecked_add(2)).expect("used.idx");
+            assert_eq!(used, 4, "the short buffers are returned (used length 0), not pushed back");
+            assert!(vsock.rx_starved, "so the device waits for new buffers instead of spinning");
+            let conn = vsock.conns.values().next().expect("the connection lives on");
+            assert!(!conn.interest(vsock.rx_starved).read, "no read interest while starved");
+            drop(vsock);
+        }
+
+        fn host_fd(vsock: &Vsock) -> RawFd {
+            *vsock.by_fd.keys().next().expect("a live connection")
+        }
     }
 }
