@@ -18,13 +18,24 @@ use brig_protocol::stdio::STDIO_VSOCK_PORT;
 use brig_protocol::AGENT_VSOCK_PORT;
 use nix::sys::socket::{accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr};
 
+/// Log lines go to the console, each message on one line ([`brig_agent::one_line`]).
+fn init_logging() {
+    use std::io::Write;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| {
+            let message = brig_agent::one_line(&record.args().to_string());
+            writeln!(buf, "brig-agent {} {}: {message}", record.level(), record.target())
+        })
+        .init();
+}
+
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some(config::INIT_ARG) => runtime::init_main(),
         Some(config::EXEC_ARG) => runtime::exec_main(),
         _ => {}
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging();
     let pid1 = std::process::id() == 1;
     if pid1 {
         if let Err(e) = init::leave_initramfs().and_then(|()| init::mount_filesystems()) {
