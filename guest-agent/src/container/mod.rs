@@ -85,6 +85,17 @@ pub enum State {
     Stopped,
 }
 
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopped => "stopped",
+        })
+    }
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
@@ -273,9 +284,10 @@ impl Manager {
         if let Err(e) = cgroup.add(pid.as_raw() as u32) {
             // The helper is already gone: its exit status says more than ESRCH.
             return Err(match spawned.exit.recv_timeout(Duration::from_secs(1)) {
-                Ok(status) => {
-                    ContainerError::FailedPrecondition(format!("the container helper exited at once ({status:?})"))
-                }
+                Ok(status) => ContainerError::FailedPrecondition(format!(
+                    "the container helper exited at once ({})",
+                    describe(status)
+                )),
                 Err(_) => e.into(),
             });
         }
@@ -311,7 +323,7 @@ impl Manager {
         let container = self.get(id)?;
         if container.state() != State::Created {
             return Err(ContainerError::FailedPrecondition(format!(
-                "container {id} is {:?}, not created",
+                "container {id} is {}, not created",
                 container.state()
             )));
         }
@@ -333,7 +345,7 @@ impl Manager {
         validate_process(&process)?;
         if container.state() != State::Running {
             return Err(ContainerError::FailedPrecondition(format!(
-                "container {id} is {:?}, not running",
+                "container {id} is {}, not running",
                 container.state()
             )));
         }
@@ -400,7 +412,7 @@ impl Manager {
         let state = container.state();
         let expected = if paused { State::Running } else { State::Paused };
         if state != expected {
-            return Err(ContainerError::FailedPrecondition(format!("container {id} is {state:?}")));
+            return Err(ContainerError::FailedPrecondition(format!("container {id} is {state}")));
         }
         container.cgroup.freeze(paused)?;
         *lock(&container.state) = if paused { State::Paused } else { State::Running };
@@ -506,9 +518,18 @@ fn wait_ready(spawned: &mut Spawned) -> Result<(), ContainerError> {
 }
 
 fn setup_failure(spawned: &mut Spawned) -> ContainerError {
-    let status =
-        spawned.exit.recv_timeout(SETUP_TIMEOUT).map(|s| format!("{s:?}")).unwrap_or_else(|_| "no exit status".into());
+    let status = spawned.exit.recv_timeout(SETUP_TIMEOUT).map(describe).unwrap_or_else(|_| "no exit status".into());
     ContainerError::FailedPrecondition(format!("the container helper died during setup ({status})"))
+}
+
+/// How a process ended, for error messages.
+fn describe(status: WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, signal, _) => format!("killed by {}", signal.as_str()),
+        // The reaper forwards only exits; anything else is no exit.
+        _ => "no exit status".into(),
+    }
 }
 
 /// A thread that records the process's exit when the reaper reports it.
@@ -609,6 +630,17 @@ mod tests {
             "root": {"path": "rootfs"},
             "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
         })
+    }
+
+    #[test]
+    fn states_and_exits_read_as_words_in_errors() {
+        let words: Vec<String> =
+            [State::Created, State::Running, State::Paused, State::Stopped].iter().map(State::to_string).collect();
+        assert_eq!(words, ["created", "running", "paused", "stopped"]);
+        let pid = Pid::from_raw(7);
+        assert_eq!(describe(WaitStatus::Exited(pid, 3)), "exit status 3");
+        assert_eq!(describe(WaitStatus::Signaled(pid, Signal::SIGKILL, false)), "killed by SIGKILL");
+        assert_eq!(describe(WaitStatus::StillAlive), "no exit status");
     }
 
     #[test]
