@@ -77,13 +77,16 @@ fn spawn_copy(name: &str, copy: impl FnOnce() + Send + 'static) -> Result<onesho
     Ok(finished)
 }
 
-/// Attaches every wanted stream of a process and starts copying.
+/// Attaches every wanted stream of a process (`exec_id` `None`: the container's
+/// own) and starts copying.
 pub async fn attach(
     sandbox: &Sandbox,
     container_id: &str,
-    exec_id: &str,
+    exec_id: Option<&str>,
     paths: &StdioPaths,
 ) -> Result<Copies, ShimError> {
+    // The stdio header's wire form: "" is the container's own process.
+    let exec_id = exec_id.unwrap_or_default();
     let mut copies = Copies::default();
     let wanted = paths.agent_stdio();
     if wanted.stdin {

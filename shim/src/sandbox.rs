@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::ShimError;
+use crate::guest::{AgentGuest, Guest};
 
 /// Guest CID of every brig VM (each VM has its own vsock device).
 const GUEST_CID: u64 = 3;
@@ -43,7 +44,8 @@ pub struct Size {
 pub struct Sandbox {
     pub dir: PathBuf,
     pub vmm_pid: u32,
-    pub agent: AgentClient,
+    /// The agent; callers reach it as a [`Guest`] through [`Sandbox::guest`].
+    agent: Arc<AgentGuest>,
     vsock: PathBuf,
     /// `Some(exit code)` once brig-vmm has exited.
     exited: watch::Receiver<Option<i32>>,
@@ -141,7 +143,7 @@ impl Sandbox {
         let sandbox = Sandbox {
             dir: dir.to_path_buf(),
             vmm_pid,
-            agent,
+            agent: Arc::new(AgentGuest::new(agent)),
             vsock,
             exited,
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -167,6 +169,11 @@ impl Sandbox {
         }
     }
 
+    /// The guest agent in this VM.
+    pub fn guest(&self) -> Arc<dyn Guest> {
+        self.agent.clone()
+    }
+
     /// Whether [`Sandbox::stop`] has begun (an exit after that is expected).
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::SeqCst)
@@ -185,9 +192,7 @@ impl Sandbox {
     pub async fn stop(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         if self.exit_code().is_none() {
-            let request = brig_protocol::agent::ShutdownRequest::new();
-            let shutdown = self.agent.shutdown(ctx(Duration::from_secs(2)), &request);
-            let _ = tokio::time::timeout(Duration::from_secs(3), shutdown).await;
+            let _ = tokio::time::timeout(Duration::from_secs(3), self.agent.shutdown()).await;
             if tokio::time::timeout(STOP_GRACE, self.wait_exit()).await.is_err() {
                 kill(self.vmm_pid);
                 let _ = tokio::time::timeout(STOP_GRACE, self.wait_exit()).await;
@@ -230,7 +235,10 @@ async fn connect_agent(vsock: &Path) -> Result<AgentClient, ShimError> {
     let mut stream = UnixStream::connect(vsock).await.map_err(ShimError::io("connecting to the VM"))?;
     handshake(&mut stream, AGENT_VSOCK_PORT).await?;
     let client = AgentClient::new(brig_protocol::ttrpc::asynchronous::Client::new(Socket::from(stream)));
-    let pong = client.ping(ctx(Duration::from_secs(5)), &PingRequest::new()).await?;
+    let pong = client
+        .ping(ctx(Duration::from_secs(5)), &PingRequest::new())
+        .await
+        .map_err(|e| ShimError::Unavailable(format!("the guest agent does not answer Ping: {e}")))?;
     if pong.api_major != API_MAJOR || pong.api_minor < API_MINOR {
         return Err(ShimError::FailedPrecondition(format!(
             "the guest agent speaks API {}.{}, this shim needs {API_MAJOR}.{API_MINOR}: install matching brig artifacts",

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use oci_spec::runtime::Spec;
+use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::error::ShimError;
@@ -11,54 +12,75 @@ use crate::sandbox::Size;
 /// Most vCPUs a spec can ask for (brig-vmm's limit).
 const MAX_VCPUS: u64 = 32;
 
+/// A bundle's spec, made fit for the guest.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    /// What the agent gets. Not a re-serialization of [`GuestSpec::spec`]: this is
+    /// the bundle's own JSON with only hooks and the cgroup path taken out, so fields
+    /// this shim's oci-spec does not know (a newer runtime-spec, vendor extensions)
+    /// reach the agent unchanged.
+    pub bytes: Vec<u8>,
+    /// The same spec, typed, for what the shim decides from it.
+    pub spec: Spec,
+}
+
 /// `config.json` from the bundle, made fit for the guest: hooks (host binaries)
 /// and the host cgroup path are dropped; bind mounts of host paths are refused,
 /// since the guest cannot see the host's files.
-pub fn guest_spec(bundle: &Path) -> Result<(Vec<u8>, Value), ShimError> {
+pub fn guest_spec(bundle: &Path) -> Result<GuestSpec, ShimError> {
     let path = bundle.join("config.json");
+    let invalid = |e: serde_json::Error| ShimError::InvalidArgument(format!("{}: {e}", path.display()));
     let text = std::fs::read(&path).map_err(ShimError::io(format!("reading {}", path.display())))?;
-    let mut spec: Value =
-        serde_json::from_slice(&text).map_err(|e| ShimError::InvalidArgument(format!("{}: {e}", path.display())))?;
-    if let Some(hooks) = spec.as_object_mut().and_then(|s| s.remove("hooks")) {
+    // Raw on purpose, to pass unknown fields through (see `GuestSpec::bytes`).
+    let mut raw: Map<String, Value> = serde_json::from_slice(&text).map_err(invalid)?;
+    if let Some(hooks) = raw.remove("hooks") {
         if hooks.as_object().is_some_and(|h| !h.is_empty()) {
             log::warn!("OCI hooks run on the host with runc; brig ignores them: {hooks}");
         }
     }
-    if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+    if let Some(linux) = raw.get_mut("linux").and_then(Value::as_object_mut) {
         linux.remove("cgroupsPath");
     }
-    for mount in spec.get("mounts").and_then(Value::as_array).into_iter().flatten() {
-        let bind = mount.get("type").and_then(Value::as_str) == Some("bind")
-            || mount
-                .get("options")
-                .and_then(Value::as_array)
-                .is_some_and(|o| o.iter().any(|v| v == "bind" || v == "rbind"));
-        let source = mount.get("source").and_then(Value::as_str).unwrap_or_default();
-        if bind && source.starts_with('/') {
-            let destination = mount.get("destination").and_then(Value::as_str).unwrap_or_default();
-            return Err(ShimError::Unimplemented(format!(
-                "bind-mounting the host path {source} to {destination} (the guest has no access to host files yet)"
-            )));
+    let bytes = serde_json::to_vec(&raw).map_err(|e| ShimError::Internal(format!("encoding the spec: {e}")))?;
+    // Typed from what the agent gets, so the shim refuses exactly what the agent would.
+    let spec: Spec = serde_json::from_slice(&bytes).map_err(invalid)?;
+    refuse_host_binds(&spec)?;
+    Ok(GuestSpec { bytes, spec })
+}
+
+fn refuse_host_binds(spec: &Spec) -> Result<(), ShimError> {
+    for mount in spec.mounts().iter().flatten() {
+        let bind = mount.typ().as_deref() == Some("bind")
+            || mount.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+        match mount.source() {
+            Some(source) if bind && source.is_absolute() => {
+                return Err(ShimError::Unimplemented(format!(
+                    "bind-mounting the host path {} to {} (the guest has no access to host files yet)",
+                    source.display(),
+                    mount.destination().display()
+                )));
+            }
+            _ => {}
         }
     }
-    let bytes = serde_json::to_vec(&spec).map_err(|e| ShimError::Internal(format!("encoding the spec: {e}")))?;
-    Ok((bytes, spec))
+    Ok(())
 }
 
 /// The VM for `spec`: its memory limit plus the guest's own overhead, and as many
 /// vCPUs as its CPU quota (or cpuset) allows; the configured defaults otherwise.
-pub fn vm_size(spec: &Value, config: &Config) -> Size {
-    let resources = &spec["linux"]["resources"];
-    let memory_mib = resources["memory"]["limit"]
-        .as_i64()
-        .filter(|l| *l > 0)
+pub fn vm_size(spec: &Spec, config: &Config) -> Size {
+    let resources = spec.linux().as_ref().and_then(|linux| linux.resources().as_ref());
+    let memory_mib = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|memory| memory.limit())
+        .filter(|limit| *limit > 0)
         .map_or(config.default_memory_mib, |limit| (limit as u64).div_ceil(1 << 20) + config.memory_overhead_mib);
-    let cpu = &resources["cpu"];
-    let from_quota = match (cpu["quota"].as_i64(), cpu["period"].as_u64()) {
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    let from_quota = match (cpu.and_then(|c| c.quota()), cpu.and_then(|c| c.period())) {
         (Some(quota), Some(period)) if quota > 0 && period > 0 => Some((quota as u64).div_ceil(period)),
         _ => None,
     };
-    let from_cpuset = cpu["cpus"].as_str().and_then(cpuset_count);
+    let from_cpuset = cpu.and_then(|c| c.cpus().as_deref()).and_then(cpuset_count);
     let vcpus = from_quota.or(from_cpuset).unwrap_or(u64::from(config.default_vcpus)).clamp(1, MAX_VCPUS);
     Size { vcpus: vcpus as u8, memory_mib: memory_mib.max(64) }
 }
@@ -83,40 +105,63 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn vms_are_sized_from_the_spec() {
-        let config = Config::default();
-        let none = vm_size(&json!({}), &config);
-        assert_eq!((none.vcpus, none.memory_mib), (1, 128));
-        let spec = json!({"linux": {"resources": {"memory": {"limit": 256 << 20}, "cpu": {"quota": 150000, "period": 100000}}}});
-        let size = vm_size(&spec, &config);
-        assert_eq!((size.vcpus, size.memory_mib), (2, 256 + 64));
-        let cpuset = json!({"linux": {"resources": {"cpu": {"cpus": "0-2,5"}}}});
-        assert_eq!(vm_size(&cpuset, &config).vcpus, 4);
-        let huge = json!({"linux": {"resources": {"cpu": {"quota": 10_000_000, "period": 1000}}}});
-        assert_eq!(vm_size(&huge, &config).vcpus, 32);
+    fn typed(value: Value) -> Spec {
+        serde_json::from_value(value).expect("a valid spec")
     }
 
     #[test]
-    fn hooks_and_host_binds_are_handled() {
+    fn vms_are_sized_from_the_spec() {
+        let config = Config::default();
+        let none = vm_size(&typed(json!({})), &config);
+        assert_eq!((none.vcpus, none.memory_mib), (1, 128));
+        let spec = json!({"linux": {"resources": {"memory": {"limit": 256 << 20}, "cpu": {"quota": 150000, "period": 100000}}}});
+        let size = vm_size(&typed(spec), &config);
+        assert_eq!((size.vcpus, size.memory_mib), (2, 256 + 64));
+        let cpuset = json!({"linux": {"resources": {"cpu": {"cpus": "0-2,5"}}}});
+        assert_eq!(vm_size(&typed(cpuset), &config).vcpus, 4);
+        let huge = json!({"linux": {"resources": {"cpu": {"quota": 10_000_000, "period": 1000}}}});
+        assert_eq!(vm_size(&typed(huge), &config).vcpus, 32);
+        let unlimited =
+            json!({"linux": {"resources": {"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 100000}}}});
+        let size = vm_size(&typed(unlimited), &config);
+        assert_eq!((size.vcpus, size.memory_mib), (1, 128), "-1 is no limit");
+    }
+
+    #[test]
+    fn hooks_and_host_binds_are_handled_and_unknown_fields_kept() {
         let dir = std::env::temp_dir().join(format!("brig-shim-spec-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let spec = json!({
-            "process": {"args": ["sh"]},
+            "ociVersion": "1.2.0",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
             "hooks": {"prestart": [{"path": "/usr/bin/true"}]},
-            "linux": {"cgroupsPath": "/default/x"},
-            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
+            "linux": {"cgroupsPath": "/default/x", "futureLinuxField": {"a": 1}},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "futureField": [1, 2]
         });
         std::fs::write(dir.join("config.json"), spec.to_string()).expect("write");
-        let (_, guest) = guest_spec(&dir).expect("fit");
+        let fit = guest_spec(&dir).expect("fit");
+        let guest: Value = serde_json::from_slice(&fit.bytes).expect("json");
         assert!(guest.get("hooks").is_none() && guest["linux"].get("cgroupsPath").is_none());
+        assert_eq!(guest["futureField"], json!([1, 2]), "unknown fields reach the agent");
+        assert_eq!(guest["linux"]["futureLinuxField"], json!({"a": 1}));
+        assert!(fit.spec.hooks().is_none());
+        assert_eq!(fit.spec.process().as_ref().and_then(|p| p.args().clone()), Some(vec!["sh".to_owned()]));
+
         let with_bind =
             json!({"mounts": [{"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]}]});
         std::fs::write(dir.join("config.json"), with_bind.to_string()).expect("write");
         let err = guest_spec(&dir).expect_err("host bind");
-        assert!(err.to_string().contains("/srv/data"), "{err}");
+        assert!(matches!(err, ShimError::Unimplemented(_)) && err.to_string().contains("/srv/data"), "{err}");
+        let relative = json!({"mounts": [{"destination": "/data", "type": "bind", "source": "data"}]});
+        std::fs::write(dir.join("config.json"), relative.to_string()).expect("write");
+        guest_spec(&dir).expect("a relative bind source is inside the rootfs");
+
         std::fs::write(dir.join("config.json"), "{not json").expect("write");
         assert!(matches!(guest_spec(&dir), Err(ShimError::InvalidArgument(_))));
+        std::fs::write(dir.join("config.json"), r#"{"process": {"args": ["sh"]}}"#).expect("write");
+        let err = guest_spec(&dir).expect_err("a process needs cwd and user");
+        assert!(matches!(err, ShimError::InvalidArgument(_)), "{err}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
