@@ -17,9 +17,9 @@ use brig_protocol::stdio::{Header, Stream, STDIO_VSOCK_PORT};
 use brig_protocol::ttrpc::asynchronous::transport::Socket;
 use brig_protocol::ttrpc::context;
 use brig_protocol::{AGENT_VSOCK_PORT, API_MAJOR, API_MINOR};
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use brig_vmm_api::client::{AsyncClient, ClientError};
+use brig_vmm_api::config::{BlockConfig, BootConfig, MachineConfig, VmConfig, VsockConfig};
+use brig_vmm_api::vsock::{self, VsockError};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -62,17 +62,24 @@ fn ctx(timeout: Duration) -> context::Context {
     context::with_timeout(timeout.as_nanos() as i64)
 }
 
-/// brig-vmm's configuration (the JSON of `brig-vmm --config`).
-pub fn vm_config(config: &Config, dir: &Path, size: Size, rootfs_image: &Path) -> serde_json::Value {
-    json!({
-        "machine": {"vcpus": size.vcpus, "memory_mib": size.memory_mib},
-        "boot": {"kernel": config.kernel, "initramfs": config.initramfs},
-        "console": dir.join("console.log"),
-        "vsock": {"guest_cid": GUEST_CID, "uds_path": dir.join("vsock.sock")},
-        "block": [{"path": rootfs_image, "read_only": true, "serial": ROOTFS_SERIAL}],
-        "rng": true,
-        "api_socket": dir.join("api.sock"),
-    })
+/// How long the vsock handshake and brig-vmm's control socket get to answer.
+const VMM_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// brig-vmm's configuration (`vm.json`, read by `brig-vmm --config`).
+pub fn vm_config(config: &Config, dir: &Path, size: Size, rootfs_image: &Path) -> VmConfig {
+    VmConfig {
+        machine: MachineConfig { vcpus: size.vcpus, memory_mib: size.memory_mib },
+        boot: BootConfig { kernel: config.kernel.clone(), initramfs: Some(config.initramfs.clone()), cmdline: None },
+        console: Some(dir.join("console.log")),
+        vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: dir.join("vsock.sock") }),
+        block: vec![BlockConfig {
+            path: rootfs_image.to_path_buf(),
+            read_only: true,
+            serial: Some(ROOTFS_SERIAL.into()),
+        }],
+        rng: true,
+        api_socket: Some(dir.join("api.sock")),
+    }
 }
 
 /// The last lines of the guest console, for error messages.
@@ -121,7 +128,7 @@ impl Sandbox {
         let deadline = Instant::now() + Duration::from_secs(config.agent_timeout_secs);
         let agent = loop {
             if let Some(code) = *exited.borrow() {
-                return Err(ShimError::FailedPrecondition(format!(
+                return Err(ShimError::Unavailable(format!(
                     "brig-vmm exited ({code}) before the guest agent answered: {}\nconsole:\n{}",
                     std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default().trim(),
                     console_tail(dir)
@@ -129,13 +136,16 @@ impl Sandbox {
             }
             if Instant::now() > deadline {
                 kill(vmm_pid);
-                return Err(ShimError::FailedPrecondition(format!(
+                return Err(ShimError::DeadlineExceeded(format!(
                     "the guest agent did not answer within {}s (agent_timeout_secs); console:\n{}",
                     config.agent_timeout_secs,
                     console_tail(dir)
                 )));
             }
-            if let Ok(agent) = connect_agent(&vsock).await {
+            // Each attempt ends by the deadline: a VMM that accepts for a guest that never
+            // answers cannot hold Create past agent_timeout_secs.
+            let attempt = deadline.saturating_duration_since(Instant::now()).min(VMM_ANSWER_TIMEOUT);
+            if let Ok(agent) = connect_agent(&vsock, attempt).await {
                 break agent;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -188,19 +198,70 @@ impl Sandbox {
             .map_err(|e| ShimError::Internal(format!("attach task: {e}")))?
     }
 
-    /// Powers the guest off through the agent, then makes sure brig-vmm is gone.
+    /// brig-vmm's control socket (docs/control-socket.md), version checked.
+    pub async fn control(&self) -> Result<AsyncClient, ShimError> {
+        AsyncClient::connect(&self.dir.join("api.sock"), VMM_ANSWER_TIMEOUT).await.map_err(ShimError::from)
+    }
+
+    /// Powers the guest off through the agent; if it does not go, tells brig-vmm to
+    /// stop; if that does not work either, kills brig-vmm.
     pub async fn stop(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         if self.exit_code().is_none() {
             let _ = tokio::time::timeout(Duration::from_secs(3), self.agent.shutdown()).await;
             if tokio::time::timeout(STOP_GRACE, self.wait_exit()).await.is_err() {
-                kill(self.vmm_pid);
-                let _ = tokio::time::timeout(STOP_GRACE, self.wait_exit()).await;
+                self.stop_vmm().await;
             }
         }
         // A killed VMM cannot remove its sockets.
         for name in ["vsock.sock", "api.sock"] {
             let _ = std::fs::remove_file(self.dir.join(name));
+        }
+    }
+}
+
+impl Sandbox {
+    /// A guest that did not power off: brig-vmm's `shutdown`, then SIGKILL.
+    async fn stop_vmm(&self) {
+        let asked = match self.control().await {
+            Ok(mut control) => control.shutdown().await.map_err(ShimError::from),
+            Err(e) => Err(e),
+        };
+        match asked {
+            Ok(_) if tokio::time::timeout(STOP_GRACE, self.wait_exit()).await.is_ok() => return,
+            Ok(_) => log::warn!("brig-vmm {} accepted shutdown but did not exit; killing it", self.vmm_pid),
+            Err(e) => log::warn!("brig-vmm {} did not take shutdown ({}); killing it", self.vmm_pid, e.chain()),
+        }
+        kill(self.vmm_pid);
+        let _ = tokio::time::timeout(STOP_GRACE, self.wait_exit()).await;
+    }
+}
+
+impl From<VsockError> for ShimError {
+    fn from(e: VsockError) -> Self {
+        match e {
+            VsockError::Timeout { .. } => ShimError::DeadlineExceeded(e.to_string()),
+            VsockError::BadReply { .. } => ShimError::Internal(e.to_string()),
+            VsockError::Connect { .. } | VsockError::Io { .. } | VsockError::NotListening { .. } => {
+                ShimError::Unavailable(crate::error::chain(&e))
+            }
+        }
+    }
+}
+
+impl From<ClientError> for ShimError {
+    fn from(e: ClientError) -> Self {
+        use brig_vmm_api::ErrorCode;
+        match &e {
+            ClientError::Timeout(_) => ShimError::DeadlineExceeded(e.to_string()),
+            ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Closed => {
+                ShimError::Unavailable(crate::error::chain(&e))
+            }
+            ClientError::VersionMismatch { .. } => ShimError::FailedPrecondition(e.to_string()),
+            ClientError::Api { error, .. } if error.code == ErrorCode::FailedPrecondition => {
+                ShimError::FailedPrecondition(e.to_string())
+            }
+            _ => ShimError::Internal(e.to_string()),
         }
     }
 }
@@ -231,12 +292,11 @@ pub fn kill_recorded(dir: &Path) -> Option<u32> {
 }
 
 /// Hybrid vsock handshake, then a ttrpc client; checks the agent's API version.
-async fn connect_agent(vsock: &Path) -> Result<AgentClient, ShimError> {
-    let mut stream = UnixStream::connect(vsock).await.map_err(ShimError::io("connecting to the VM"))?;
-    handshake(&mut stream, AGENT_VSOCK_PORT).await?;
+async fn connect_agent(vsock: &Path, timeout: Duration) -> Result<AgentClient, ShimError> {
+    let stream = vsock::connect_async(vsock, AGENT_VSOCK_PORT, timeout).await?;
     let client = AgentClient::new(brig_protocol::ttrpc::asynchronous::Client::new(Socket::from(stream)));
     let pong = client
-        .ping(ctx(Duration::from_secs(5)), &PingRequest::new())
+        .ping(ctx(timeout.max(Duration::from_millis(100))), &PingRequest::new())
         .await
         .map_err(|e| ShimError::Unavailable(format!("the guest agent does not answer Ping: {e}")))?;
     if pong.api_major != API_MAJOR || pong.api_minor < API_MINOR {
@@ -248,34 +308,10 @@ async fn connect_agent(vsock: &Path) -> Result<AgentClient, ShimError> {
     Ok(client)
 }
 
-async fn handshake(stream: &mut UnixStream, port: u32) -> Result<(), ShimError> {
-    stream.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(ShimError::io("vsock handshake"))?;
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while reply.last() != Some(&b'\n') {
-        if stream.read(&mut byte).await.map_err(ShimError::io("vsock handshake"))? == 0 || reply.len() > 32 {
-            return Err(ShimError::FailedPrecondition(format!("guest port {port} is not listening yet")));
-        }
-        reply.push(byte[0]);
-    }
-    if !reply.starts_with(b"OK ") {
-        return Err(ShimError::FailedPrecondition(format!(
-            "unexpected vsock handshake {:?}",
-            String::from_utf8_lossy(&reply)
-        )));
-    }
-    Ok(())
-}
-
 fn attach_blocking(vsock: &Path, header: &Header) -> Result<StdUnixStream, ShimError> {
     let io = |what: &str| ShimError::io(format!("{what} {}", header.stream.as_str()));
-    let mut conn = StdUnixStream::connect(vsock).map_err(io("connecting stdio"))?;
+    let mut conn = vsock::connect(vsock, STDIO_VSOCK_PORT, VMM_ANSWER_TIMEOUT)?;
     conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("stdio timeout"))?;
-    conn.write_all(format!("CONNECT {STDIO_VSOCK_PORT}\n").as_bytes()).map_err(io("stdio handshake"))?;
-    let vmm_reply = read_line(&mut conn).map_err(io("stdio handshake"))?;
-    if !vmm_reply.starts_with("OK ") {
-        return Err(ShimError::FailedPrecondition(format!("the guest stdio port is not reachable: {vmm_reply:?}")));
-    }
     conn.write_all(header.to_string().as_bytes()).map_err(io("stdio header"))?;
     let agent_reply = read_line(&mut conn).map_err(io("stdio header"))?;
     if agent_reply != "OK" {
@@ -285,16 +321,13 @@ fn attach_blocking(vsock: &Path, header: &Header) -> Result<StdUnixStream, ShimE
     Ok(conn)
 }
 
+/// The agent's one-line answer to a stdio header, read byte by byte so that no
+/// byte of the stream after it is consumed.
 fn read_line(conn: &mut StdUnixStream) -> std::io::Result<String> {
+    const MAX_REPLY: usize = 512;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    while line.len() < 512 {
-        if conn.read(&mut byte)? == 0 {
-            break;
-        }
-        if byte[0] == b'\n' {
-            break;
-        }
+    while line.len() < MAX_REPLY && conn.read(&mut byte)? == 1 && byte[0] != b'\n' {
         line.push(byte[0]);
     }
     Ok(String::from_utf8_lossy(&line).into_owned())
@@ -307,11 +340,11 @@ mod tests {
     #[test]
     fn the_vm_gets_the_rootfs_read_only_and_its_own_sockets() {
         let config = Config::default();
-        let value = vm_config(&config, Path::new("/run/brig/x"), Size { vcpus: 2, memory_mib: 192 }, Path::new("/img"));
-        assert_eq!(value["machine"], json!({"vcpus": 2, "memory_mib": 192}));
-        assert_eq!(value["block"][0], json!({"path": "/img", "read_only": true, "serial": "rootfs"}));
-        assert_eq!(value["vsock"]["uds_path"], json!("/run/brig/x/vsock.sock"));
-        assert_eq!(value["api_socket"], json!("/run/brig/x/api.sock"));
+        let vm = vm_config(&config, Path::new("/run/brig/x"), Size { vcpus: 2, memory_mib: 192 }, Path::new("/img"));
+        assert_eq!(vm.machine, MachineConfig { vcpus: 2, memory_mib: 192 });
+        assert_eq!(vm.block, vec![BlockConfig { path: "/img".into(), read_only: true, serial: Some("rootfs".into()) }]);
+        assert_eq!(vm.vsock.expect("vsock").uds_path, Path::new("/run/brig/x/vsock.sock"));
+        assert_eq!(vm.api_socket.as_deref(), Some(Path::new("/run/brig/x/api.sock")));
     }
 
     #[test]
