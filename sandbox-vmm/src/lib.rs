@@ -19,6 +19,8 @@ pub use brig_vmm_api::config;
 pub mod devices;
 pub mod event_loop;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod kvm;
 pub mod logging;
 pub mod memory;

@@ -77,7 +77,13 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<u64, SnapshotError>
 /// Reads and verifies a file written by [`write`].
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, SnapshotError> {
     let display = path.display().to_string();
-    let mut file = std::fs::File::open(path).map_err(|source| SnapshotError::Read { path: display.clone(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| SnapshotError::Read { path: display.clone(), source })?;
+    decode(&display, file)
+}
+
+/// Verifies and decodes a state file's bytes; `name` is what errors call it.
+pub fn decode<T: DeserializeOwned>(name: &str, mut file: impl Read) -> Result<T, SnapshotError> {
+    let display = name.to_owned();
     let mut prefix = [0u8; PREFIX_LEN];
     file.read_exact(&mut prefix).map_err(|_| SnapshotError::Magic { path: display.clone() })?;
     if prefix[..8] != MAGIC {
@@ -94,9 +100,15 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, SnapshotError> {
     if len > MAX_PAYLOAD {
         return Err(corrupt(format!("payload length {len} is implausible")));
     }
-    let mut payload = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut payload).map_err(|source| SnapshotError::Read { path: display.clone(), source })?;
-    if payload.len() as u64 != len {
+    // The length is the file's word: grow with what is really there, never to it up front.
+    let mut payload = Vec::with_capacity(len.min(1 << 20) as usize);
+    file.take(len + 1)
+        .read_to_end(&mut payload)
+        .map_err(|source| SnapshotError::Read { path: display.clone(), source })?;
+    if payload.len() as u64 > len {
+        return Err(corrupt(format!("bytes follow the {len}-byte payload the header announces")));
+    }
+    if (payload.len() as u64) < len {
         return Err(corrupt(format!("payload is {} bytes, header says {len}", payload.len())));
     }
     if Sha256::digest(&payload)[..] != prefix[20..52] {
