@@ -11,11 +11,8 @@ use containerd_shim::{Config as ShimConfig, Error, Flags, StartOpts};
 use containerd_shim_protos::api::DeleteResponse;
 
 use crate::config::Config;
-use crate::task::{task_dir, TaskService};
+use crate::task::{task_dir, TaskService, KILLED_STATUS};
 use crate::{image, sandbox};
-
-/// Exit status reported for a task whose shim died (its VM is killed).
-const KILLED_STATUS: u32 = 128 + 9;
 
 #[derive(Clone)]
 pub struct Service {
@@ -58,6 +55,7 @@ impl Shim for Service {
             image::unmount_rootfs(&bundle);
         }
         let _ = std::fs::remove_dir_all(&dir);
+        // Its VM is killed: so is the task.
         let exited_at = containerd_shim::util::timestamp().ok();
         Ok(DeleteResponse { exit_status: KILLED_STATUS, exited_at: exited_at.into(), ..Default::default() })
     }

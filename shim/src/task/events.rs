@@ -7,9 +7,11 @@
 //! - `TaskExecAdded` when an exec is registered, `TaskExecStarted` once it runs;
 //! - `TaskExit` once a process has exited *and* its output has been copied out
 //!   (`id` is the container id for the container's own process, the exec id
-//!   otherwise), published once per process, by its waiter or the VM monitor;
+//!   otherwise), published once per process, by its waiter, the VM monitor, or the
+//!   kill enforcer (a SIGKILL the guest did not carry out, `monitor::enforce_kill`);
 //! - `TaskPaused` / `TaskResumed` after the guest froze / thawed the container;
-//! - `TaskOOM` for every OOM kill the guest reports for the container;
+//! - `TaskOOM` for the OOM kills the guest reports for the container, at most one a
+//!   second (kills closer together are one event: a guest can report them in a loop);
 //! - `TaskDelete` when the container and its VM are gone, with the container's
 //!   exit.
 //!

@@ -32,12 +32,15 @@ pub use self::container::task_dir;
 use self::container::Container;
 use self::events::{Containerd, Publisher, TaskEvent};
 use self::host::{BrigHost, Host};
-pub use self::process::VM_DIED_STATUS;
+use self::monitor::Timing;
+pub use self::process::{KILLED_STATUS, VM_DIED_STATUS};
 use crate::config::Config;
 use crate::error::ShimError;
 use crate::io::StdioPaths;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
+
+const SIGKILL: u32 = nix::sys::signal::Signal::SIGKILL as u32;
 
 /// containerd's exec id as the shim's: `""` names the container's own process.
 fn exec_id(id: &str) -> Option<&str> {
@@ -62,6 +65,7 @@ struct Inner {
     host: Arc<dyn Host>,
     events: Arc<dyn Publisher>,
     exit: Arc<ExitSignal>,
+    timing: Timing,
     container: tokio::sync::Mutex<Option<Arc<Container>>>,
 }
 
@@ -83,12 +87,24 @@ impl TaskService {
         events: Arc<dyn Publisher>,
         exit: Arc<ExitSignal>,
     ) -> Self {
+        TaskService::with_timing(config, namespace, host, events, exit, Timing::default())
+    }
+
+    fn with_timing(
+        config: Result<Config, String>,
+        namespace: &str,
+        host: Arc<dyn Host>,
+        events: Arc<dyn Publisher>,
+        exit: Arc<ExitSignal>,
+        timing: Timing,
+    ) -> Self {
         let inner = Inner {
             config,
             namespace: namespace.to_owned(),
             host,
             events,
             exit,
+            timing,
             container: tokio::sync::Mutex::new(None),
         };
         TaskService { inner: Arc::new(inner) }
@@ -121,7 +137,7 @@ impl TaskService {
         drop(slot);
         self.publish(TaskEvent::create(req, container.pid())).await;
         monitor::watch_vm(inner.events.clone(), container.clone());
-        monitor::watch_oom(inner.events.clone(), container.clone());
+        monitor::watch_oom(inner.events.clone(), container.clone(), inner.timing);
         Ok(container.pid())
     }
 
@@ -189,7 +205,12 @@ impl TaskApi for TaskService {
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let container = self.container(&req.id).await?;
-        container.kill(exec_id(&req.exec_id), req.signal, req.all).await?;
+        let exec_id = exec_id(&req.exec_id);
+        container.kill(exec_id, req.signal, req.all).await?;
+        if req.signal == SIGKILL {
+            let (events, grace) = (self.inner.events.clone(), self.inner.timing.kill_grace);
+            monitor::enforce_kill(events, container.clone(), container.process(exec_id)?, grace);
+        }
         Ok(api::Empty::new())
     }
 

@@ -1,6 +1,7 @@
 //! One process of a task: the container's own (`exec_id` `None`) or an exec'd one,
 //! and the one enum that says where it is in its life.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ use crate::io::{Copies, StdioPaths};
 
 /// Exit status reported when the VM died under a process.
 pub const VM_DIED_STATUS: u32 = 255;
+/// Exit status of a process killed by SIGKILL (also when the shim had to see to it).
+pub const KILLED_STATUS: u32 = 128 + 9;
 /// How long after a process exits its output may still be flowing.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -84,6 +87,8 @@ pub struct Process {
     pub spec: Vec<u8>,
     state: watch::Sender<ProcessState>,
     copies: tokio::sync::Mutex<Copies>,
+    /// Whether a SIGKILL's outcome is being watched (see `monitor::enforce_kill`).
+    kill_watched: AtomicBool,
 }
 
 impl Process {
@@ -94,7 +99,13 @@ impl Process {
             spec,
             state: watch::channel(ProcessState::Created).0,
             copies: tokio::sync::Mutex::new(Copies::default()),
+            kill_watched: AtomicBool::new(false),
         })
+    }
+
+    /// True for the first caller only: one watcher per process sees a SIGKILL through.
+    pub fn watch_kill_once(&self) -> bool {
+        !self.kill_watched.swap(true, Ordering::SeqCst)
     }
 
     /// How containerd names the process in messages.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::events::{Publisher, TaskEvent};
 use super::host::{Host, Rootfs, Vm};
+use super::monitor::Timing;
 use super::TaskService;
 use crate::config::Config;
 use crate::error::ShimError;
@@ -30,6 +31,9 @@ const VMM_PID: u32 = 4242;
 const BOUND: Duration = Duration::from_secs(5);
 /// Long enough to believe that something is not going to happen.
 const A_WHILE: Duration = Duration::from_millis(200);
+
+/// What a hostile guest can do to the task service (tests/hostile.rs).
+mod hostile;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().expect("a test thread panicked")
@@ -47,6 +51,9 @@ struct FakeGuest {
     exits: watch::Sender<HashMap<Option<String>, ProcessExit>>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    /// `Some(id)`: every OOM poll answers at once with an OOM kill in `id`.
+    oom_flood: Mutex<Option<String>>,
+    oom_polls: AtomicUsize,
 }
 
 impl FakeGuest {
@@ -59,6 +66,8 @@ impl FakeGuest {
             exits: watch::channel(HashMap::new()).0,
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
+            oom_flood: Mutex::new(None),
+            oom_polls: AtomicUsize::new(0),
         })
     }
 
@@ -178,7 +187,14 @@ impl Guest for FakeGuest {
     }
 
     async fn oom_event(&self) -> Result<Option<String>, GuestError> {
-        // Not recorded: the OOM watcher polls all the time.
+        // Counted, not recorded: the OOM watcher polls all the time.
+        self.oom_polls.fetch_add(1, Ordering::SeqCst);
+        let flood = lock(&self.oom_flood).clone();
+        if let Some(id) = flood {
+            // An answer over a socket would yield too.
+            tokio::task::yield_now().await;
+            return Ok(Some(id));
+        }
         match self.oom_rx.lock().await.recv().await {
             Some(id) => Ok(Some(id)),
             None => std::future::pending().await,
@@ -349,6 +365,10 @@ struct Harness {
 
 impl Harness {
     fn new(name: &str) -> Harness {
+        Harness::with_timing(name, Timing::default())
+    }
+
+    fn with_timing(name: &str, timing: Timing) -> Harness {
         let root = std::env::temp_dir().join(format!("brig-shim-task-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let bundle = root.join("bundle");
@@ -374,7 +394,8 @@ impl Harness {
         let host = Arc::new(FakeHost { guest: guest.clone(), log, vm: Mutex::new(None) });
         let events = Arc::new(Recorder::default());
         let exit = Arc::new(ExitSignal::default());
-        let service = TaskService::with_host(Ok(config.clone()), "default", host.clone(), events.clone(), exit.clone());
+        let service =
+            TaskService::with_timing(Ok(config.clone()), "default", host.clone(), events.clone(), exit.clone(), timing);
         Harness { service, guest, host, events, exit, root, config }
     }
 
