@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod guest;
 pub mod image;
 pub mod io;

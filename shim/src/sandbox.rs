@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::ShimError;
+use crate::files;
 use crate::guest::{AgentGuest, Guest};
 
 /// Guest CID of every brig VM (each VM has its own vsock device).
@@ -82,6 +83,29 @@ pub fn vm_config(config: &Config, dir: &Path, size: Size, rootfs_image: &Path) -
     }
 }
 
+/// The variables brig-vmm gets from the shim's environment; it starts with a
+/// cleared one, so nothing else in containerd's environment reaches it (its log
+/// level is `--log-level`, not `RUST_LOG`).
+const VMM_ENV: &[&str] = &["PATH", "RUST_BACKTRACE"];
+/// brig-vmm's `PATH` when the shim has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The brig-vmm command for `vm_json`: its flags, and an environment of only
+/// [`VMM_ENV`] (stdio and spawning are the caller's).
+pub fn vmm_command(config: &Config, vm_json: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(&config.vmm);
+    cmd.arg("--config").arg(vm_json).args(["--log-level", &config.log_level]).env_clear();
+    for name in VMM_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    cmd
+}
+
 /// The last lines of the guest console, for error messages.
 pub fn console_tail(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
@@ -100,12 +124,9 @@ impl Sandbox {
         let vm_json = dir.join("vm.json");
         let body = serde_json::to_vec_pretty(&vm_config(config, dir, size, rootfs_image))
             .map_err(|e| ShimError::Internal(format!("encoding vm.json: {e}")))?;
-        std::fs::write(&vm_json, body).map_err(ShimError::io("writing vm.json"))?;
-        let log = std::fs::File::create(dir.join("vmm.log")).map_err(ShimError::io("creating vmm.log"))?;
-        let mut child = tokio::process::Command::new(&config.vmm)
-            .arg("--config")
-            .arg(&vm_json)
-            .args(["--log-level", &config.log_level])
+        files::write_private(&vm_json, body)?;
+        let log = files::private_file(&dir.join("vmm.log"))?;
+        let mut child = tokio::process::Command::from(vmm_command(config, &vm_json))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -113,7 +134,7 @@ impl Sandbox {
             .spawn()
             .map_err(ShimError::io(format!("starting {}", config.vmm.display())))?;
         let vmm_pid = child.id().unwrap_or(0);
-        std::fs::write(dir.join("vmm.pid"), vmm_pid.to_string()).map_err(ShimError::io("writing vmm.pid"))?;
+        files::write_private(&dir.join("vmm.pid"), vmm_pid.to_string())?;
 
         let (tx, exited) = watch::channel(None);
         tokio::spawn(async move {
@@ -345,6 +366,34 @@ mod tests {
         assert_eq!(vm.block, vec![BlockConfig { path: "/img".into(), read_only: true, serial: Some("rootfs".into()) }]);
         assert_eq!(vm.vsock.expect("vsock").uds_path, Path::new("/run/brig/x/vsock.sock"));
         assert_eq!(vm.api_socket.as_deref(), Some(Path::new("/run/brig/x/api.sock")));
+    }
+
+    #[test]
+    fn brig_vmm_starts_with_only_the_allowed_environment() {
+        let dir = std::env::temp_dir().join(format!("brig-shim-vmm-env-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // A "brig-vmm" that writes down the environment it was given.
+        let vmm = dir.join("brig-vmm");
+        let seen = dir.join("env");
+        std::fs::write(&vmm, format!("#!/bin/sh\n/usr/bin/env > '{}'\n", seen.display())).expect("script");
+        std::fs::set_permissions(&vmm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let config = Config { vmm: vmm.clone(), ..Config::default() };
+        let mut cmd = vmm_command(&config, &dir.join("vm.json"));
+        let set: Vec<String> = cmd.get_envs().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+        assert!(set.iter().all(|k| VMM_ENV.contains(&k.as_str())), "{set:?}");
+        assert!(set.contains(&"PATH".to_owned()), "{set:?}");
+        let status = cmd.status().expect("run the script");
+        assert!(status.success());
+        let env = std::fs::read_to_string(&seen).expect("env written");
+        // The shell adds its own PWD, SHLVL and _; nothing of the shim's comes through.
+        let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+        let unexpected: Vec<&&str> =
+            names.iter().filter(|k| !VMM_ENV.contains(k) && !["PWD", "SHLVL", "_", "OLDPWD"].contains(k)).collect();
+        assert!(unexpected.is_empty(), "brig-vmm inherited {unexpected:?}");
+        let leakable = std::env::vars_os().any(|(k, _)| !VMM_ENV.contains(&k.to_string_lossy().as_ref()));
+        assert!(leakable, "the shim's environment has variables that could have leaked");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::host::{Host, Rootfs, Vm};
 use super::process::{Exit, Process};
 use crate::config::Config;
 use crate::error::ShimError;
+use crate::files;
 use crate::guest::Guest;
 use crate::io::StdioPaths;
 use crate::sandbox::ROOTFS_SERIAL;
@@ -87,7 +88,8 @@ impl Container {
         let bundle = PathBuf::from(&req.bundle);
         let spec = spec::guest_spec(&bundle)?;
         let dir = task_dir(config, namespace, &req.id);
-        std::fs::create_dir_all(&dir).map_err(ShimError::io(format!("creating {}", dir.display())))?;
+        // Before the undo exists: a directory that is refused is not ours to remove.
+        files::private_dir(&dir)?;
         let mut undo = Undo { host, dir, rootfs: None, vm: None };
         match Container::create_in(config, namespace, req, bundle, spec, &mut undo).await {
             Ok(container) => Ok(container),
@@ -107,8 +109,7 @@ impl Container {
         undo: &mut Undo,
     ) -> Result<Arc<Container>, ShimError> {
         let (host, dir) = (undo.host.clone(), undo.dir.clone());
-        std::fs::write(dir.join("task"), format!("{namespace}/{}\n{}\n", req.id, req.bundle))
-            .map_err(ShimError::io("writing the task file"))?;
+        files::write_private(&dir.join("task"), format!("{namespace}/{}\n{}\n", req.id, req.bundle))?;
         let rootfs = host.prepare_rootfs(config, &bundle, &req.rootfs, &dir).await?;
         undo.rootfs = Some(rootfs.clone());
         let vm = host.start_vm(config, &dir, spec::vm_size(&spec.spec, config), &rootfs).await?;

@@ -1,6 +1,8 @@
 //! What a hostile (or broken) guest can try against the task service, and what it
-//! gets: a SIGKILL acknowledged and never carried out still ends the task, and an OOM
-//! flood is coalesced and paced.
+//! gets: a SIGKILL acknowledged and never carried out still ends the task, an OOM
+//! flood is coalesced and paced, and the task's host files are the shim's alone.
+
+use std::os::unix::fs::PermissionsExt;
 
 use super::*;
 
@@ -112,4 +114,31 @@ async fn an_oom_flood_is_coalesced_and_paced() {
     let (ooms, polls) = flood("oom-elsewhere", "another", window).await;
     assert_eq!(ooms, 0);
     assert!(polls <= most_polls, "{polls} OOM polls in {window:?}: the watcher spins");
+}
+
+#[tokio::test]
+async fn a_tasks_files_are_the_shims_alone() {
+    let h = Harness::new("files");
+    h.create("c1").await.expect("create");
+    let dir = h.task_dir("c1");
+    let mode = |p: &Path| std::fs::symlink_metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the state directory");
+    assert_eq!(mode(&dir.join("task")), 0o600, "the task file");
+}
+
+#[tokio::test]
+async fn a_task_directory_that_is_not_the_shims_is_refused_and_left_alone() {
+    let h = Harness::new("dir-in-the-way");
+    let dir = h.task_dir("c1");
+    let elsewhere = h.root.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    std::fs::create_dir_all(dir.parent().expect("state_dir")).expect("state_dir");
+    std::os::unix::fs::symlink(&elsewhere, &dir).expect("a symlink where the task directory goes");
+    let err = h.create("c1").await.expect_err("refused");
+    let ttrpc::Error::RpcStatus(status) = err else { panic!("a status: {err:?}") };
+    assert_eq!(status.code(), Code::FAILED_PRECONDITION);
+    assert!(status.message.contains("not a directory"), "{}", status.message);
+    assert!(h.host.log().is_empty(), "nothing was prepared");
+    assert!(std::fs::symlink_metadata(&dir).expect("still there").file_type().is_symlink(), "not removed");
+    assert_eq!(std::fs::read_dir(&elsewhere).expect("dir").count(), 0, "nothing written through it");
 }
