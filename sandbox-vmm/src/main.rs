@@ -63,6 +63,9 @@ started (the message says why); 2 guest kernel panic; 3 a vCPU failed; 128+N sto
 by signal N.";
 
 fn main() -> ExitCode {
+    // Everything brig-vmm creates (its sockets above all, between bind and chmod) is
+    // its owner's alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

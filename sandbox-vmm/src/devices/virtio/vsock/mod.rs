@@ -95,6 +95,9 @@ impl Vsock {
     pub fn new(config: &VsockConfig) -> Result<Vsock, VsockError> {
         let listen_err = |source| VsockError::Listen { path: config.uds_path.clone(), source };
         let listener = UnixListener::bind(&config.uds_path).map_err(listen_err)?;
+        // Connecting to it reaches the guest agent's API: the owner (the shim) only.
+        std::fs::set_permissions(&config.uds_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(listen_err)?;
         listener.set_nonblocking(true).map_err(listen_err)?;
         Ok(Vsock {
             cid: config.guest_cid,
@@ -661,10 +664,11 @@ mod tests {
     }
 
     #[test]
-    fn the_socket_is_removed_on_drop() {
+    fn the_socket_is_owner_only_and_removed_on_drop() {
         let path = std::env::temp_dir().join(format!("brig-vsock-{}.sock", std::process::id()));
         let dev = Vsock::new(&VsockConfig { guest_cid: 3, uds_path: path.clone() }).expect("vsock");
-        assert!(path.exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).expect("socket").permissions());
+        assert_eq!(mode & 0o777, 0o600, "only the owner may connect to the agent");
         drop(dev);
         assert!(!path.exists());
         assert_eq!(host_listener_path(&path, 1025).to_string_lossy(), format!("{}_1025", path.display()));
