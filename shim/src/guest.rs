@@ -20,6 +20,12 @@ const OOM_POLL: Duration = Duration::from_secs(30);
 /// How long the agent gets to answer `Shutdown` (it powers off after replying).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The longest error message of the agent's that is relayed (to containerd, and the
+/// shim's log): a guest can make its statuses as long as a ttrpc frame.
+pub const MAX_AGENT_MESSAGE: usize = 4096;
+/// What replaces the rest of a longer one.
+const TRUNCATED: &str = "… (truncated)";
+
 /// ttrpc 0.10 reports a request whose deadline passed on the client's side as
 /// `Error::Others` with this text (`asynchronous/connection.rs`,
 /// `request_timeout_error`); it has no variant of its own. The unit test
@@ -126,10 +132,25 @@ fn deadline(timeout: Duration) -> context::Context {
     context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// An agent's message cut to [`MAX_AGENT_MESSAGE`] bytes (on a character boundary).
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_AGENT_MESSAGE {
+        let mut end = MAX_AGENT_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(TRUNCATED);
+    }
+    message
+}
+
 /// Sorts a failed call into refused, timed out or unreachable.
 fn classify(call: &'static str, timeout: Duration) -> impl FnOnce(ttrpc::Error) -> GuestError {
     move |e| match e {
-        ttrpc::Error::RpcStatus(status) => GuestError::Refused { code: status.code.value(), message: status.message },
+        ttrpc::Error::RpcStatus(status) => {
+            GuestError::Refused { code: status.code.value(), message: bounded_message(status.message) }
+        }
         ttrpc::Error::Others(message) if message == TTRPC_DEADLINE_ELAPSED => GuestError::Timeout { call, timeout },
         source => GuestError::Unreachable { call, source },
     }
@@ -356,5 +377,27 @@ mod tests {
         assert!(matches!(closed, GuestError::Unreachable { .. }));
         assert_eq!(wire(None), "");
         assert_eq!(wire(Some("e1")), "e1");
+    }
+
+    #[test]
+    fn a_long_agent_message_is_cut_on_a_character_boundary() {
+        // Two- and three-byte characters: the limit falls inside one.
+        let long = "é€".repeat(MAX_AGENT_MESSAGE);
+        let status = ttrpc::get_status(Code::INTERNAL, long.clone());
+        let GuestError::Refused { message, .. } =
+            classify("CreateContainer", CALL_TIMEOUT)(ttrpc::Error::RpcStatus(status))
+        else {
+            panic!("refused")
+        };
+        assert!(message.len() <= MAX_AGENT_MESSAGE + TRUNCATED.len(), "{} bytes", message.len());
+        let kept = message.strip_suffix(TRUNCATED).expect("marked as truncated");
+        assert!(long.starts_with(kept) && kept.len() > MAX_AGENT_MESSAGE - 3, "{} bytes kept", kept.len());
+        let short = ttrpc::get_status(Code::INTERNAL, "x".repeat(MAX_AGENT_MESSAGE));
+        let GuestError::Refused { message, .. } =
+            classify("StartContainer", CALL_TIMEOUT)(ttrpc::Error::RpcStatus(short))
+        else {
+            panic!("refused")
+        };
+        assert_eq!(message.len(), MAX_AGENT_MESSAGE, "a message at the limit is kept whole");
     }
 }

@@ -67,8 +67,9 @@ fn refuse_host_binds(spec: &Spec) -> Result<(), ShimError> {
 }
 
 /// The VM for `spec`: its memory limit plus the guest's own overhead, and as many
-/// vCPUs as its CPU quota (or cpuset) allows; the configured defaults otherwise.
-pub fn vm_size(spec: &Spec, config: &Config) -> Size {
+/// vCPUs as its CPU quota (or cpuset) allows; the configured defaults otherwise. A
+/// cpuset that is not a CPU list is refused.
+pub fn vm_size(spec: &Spec, config: &Config) -> Result<Size, ShimError> {
     let resources = spec.linux().as_ref().and_then(|linux| linux.resources().as_ref());
     let memory_mib = resources
         .and_then(|r| r.memory().as_ref())
@@ -80,24 +81,34 @@ pub fn vm_size(spec: &Spec, config: &Config) -> Size {
         (Some(quota), Some(period)) if quota > 0 && period > 0 => Some((quota as u64).div_ceil(period)),
         _ => None,
     };
-    let from_cpuset = cpu.and_then(|c| c.cpus().as_deref()).and_then(cpuset_count);
+    let from_cpuset = match cpu.and_then(|c| c.cpus().as_deref()) {
+        Some(list) => cpuset_count(list).map_err(|why| {
+            ShimError::InvalidArgument(format!("linux.resources.cpu.cpus {list:?} is not a CPU list like 0-3,6: {why}"))
+        })?,
+        None => None,
+    };
     let vcpus = from_quota.or(from_cpuset).unwrap_or(u64::from(config.default_vcpus)).clamp(1, MAX_VCPUS);
-    Size { vcpus: vcpus as u8, memory_mib: memory_mib.max(64) }
+    Ok(Size { vcpus: vcpus as u8, memory_mib: memory_mib.max(64) })
 }
 
-/// CPUs in a cpuset list like `0-3,6`.
-fn cpuset_count(list: &str) -> Option<u64> {
-    let mut count = 0;
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => count += b.trim().parse::<u64>().ok()? - a.trim().parse::<u64>().ok()? + 1,
-            None => {
-                part.trim().parse::<u64>().ok()?;
-                count += 1;
+/// CPUs in a cpuset list like `0-3,6` (`None` for an empty list).
+fn cpuset_count(list: &str) -> Result<Option<u64>, String> {
+    let number = |s: &str| s.trim().parse::<u64>().map_err(|_| format!("{:?} is not a CPU number", s.trim()));
+    let mut count = 0u64;
+    for part in list.split(',').filter(|p| !p.trim().is_empty()) {
+        let cpus = match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (number(first)?, number(last)?);
+                if last < first {
+                    return Err(format!("the range {first}-{last} runs backwards"));
+                }
+                (last - first).saturating_add(1)
             }
-        }
+            None => number(part).map(|_| 1)?,
+        };
+        count = count.saturating_add(cpus);
     }
-    (count > 0).then_some(count)
+    Ok((count > 0).then_some(count))
 }
 
 #[cfg(test)]
@@ -112,19 +123,36 @@ mod tests {
     #[test]
     fn vms_are_sized_from_the_spec() {
         let config = Config::default();
-        let none = vm_size(&typed(json!({})), &config);
+        let size = |spec: Value| vm_size(&typed(spec), &config).expect("a size");
+        let none = size(json!({}));
         assert_eq!((none.vcpus, none.memory_mib), (1, 128));
         let spec = json!({"linux": {"resources": {"memory": {"limit": 256 << 20}, "cpu": {"quota": 150000, "period": 100000}}}});
-        let size = vm_size(&typed(spec), &config);
-        assert_eq!((size.vcpus, size.memory_mib), (2, 256 + 64));
+        let sized = size(spec);
+        assert_eq!((sized.vcpus, sized.memory_mib), (2, 256 + 64));
         let cpuset = json!({"linux": {"resources": {"cpu": {"cpus": "0-2,5"}}}});
-        assert_eq!(vm_size(&typed(cpuset), &config).vcpus, 4);
+        assert_eq!(size(cpuset).vcpus, 4);
         let huge = json!({"linux": {"resources": {"cpu": {"quota": 10_000_000, "period": 1000}}}});
-        assert_eq!(vm_size(&typed(huge), &config).vcpus, 32);
+        assert_eq!(size(huge).vcpus, 32);
         let unlimited =
             json!({"linux": {"resources": {"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 100000}}}});
-        let size = vm_size(&typed(unlimited), &config);
-        assert_eq!((size.vcpus, size.memory_mib), (1, 128), "-1 is no limit");
+        let sized = size(unlimited);
+        assert_eq!((sized.vcpus, sized.memory_mib), (1, 128), "-1 is no limit");
+    }
+
+    #[test]
+    fn a_cpuset_that_is_not_a_cpu_list_is_refused_not_miscounted() {
+        let config = Config::default();
+        let cpus = |list: &str| vm_size(&typed(json!({"linux": {"resources": {"cpu": {"cpus": list}}}})), &config);
+        let err = cpus("5-3").expect_err("a backwards range");
+        assert!(matches!(err, ShimError::InvalidArgument(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "invalid argument: linux.resources.cpu.cpus \"5-3\" is not a CPU list like 0-3,6: the range 5-3 runs backwards"
+        );
+        assert!(cpus("0-x").expect_err("not a number").to_string().contains("\"x\" is not a CPU number"));
+        assert_eq!(cpus("0-18446744073709551615").expect("a huge range").vcpus, 32, "no overflow: clamped");
+        assert_eq!(cpus("").expect("empty").vcpus, 1, "an empty list is no cpuset");
+        assert_eq!(cpus(" 1 , 3-4 ").expect("spaces").vcpus, 3);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::error::ShimError;
 use crate::files;
 use crate::guest::Guest;
 use crate::io::StdioPaths;
-use crate::sandbox::ROOTFS_SERIAL;
+use crate::sandbox::{Size, ROOTFS_SERIAL};
 use crate::spec;
 
 /// Where a task keeps its sockets and logs: short enough for Unix socket paths.
@@ -87,11 +87,12 @@ impl Container {
     ) -> Result<Arc<Container>, ShimError> {
         let bundle = PathBuf::from(&req.bundle);
         let spec = spec::guest_spec(&bundle)?;
+        let size = spec::vm_size(&spec.spec, config)?;
         let dir = task_dir(config, namespace, &req.id);
         // Before the undo exists: a directory that is refused is not ours to remove.
         files::private_dir(&dir)?;
         let mut undo = Undo { host, dir, rootfs: None, vm: None };
-        match Container::create_in(config, namespace, req, bundle, spec, &mut undo).await {
+        match Container::create_in(config, namespace, req, bundle, spec, size, &mut undo).await {
             Ok(container) => Ok(container),
             Err(e) => {
                 undo.run().await;
@@ -106,13 +107,14 @@ impl Container {
         req: &api::CreateTaskRequest,
         bundle: PathBuf,
         spec: spec::GuestSpec,
+        size: Size,
         undo: &mut Undo,
     ) -> Result<Arc<Container>, ShimError> {
         let (host, dir) = (undo.host.clone(), undo.dir.clone());
         files::write_private(&dir.join("task"), format!("{namespace}/{}\n{}\n", req.id, req.bundle))?;
         let rootfs = host.prepare_rootfs(config, &bundle, &req.rootfs, &dir).await?;
         undo.rootfs = Some(rootfs.clone());
-        let vm = host.start_vm(config, &dir, spec::vm_size(&spec.spec, config), &rootfs).await?;
+        let vm = host.start_vm(config, &dir, size, &rootfs).await?;
         undo.vm = Some(vm.clone());
         let paths = StdioPaths {
             stdin: req.stdin.clone(),

@@ -142,3 +142,19 @@ async fn a_task_directory_that_is_not_the_shims_is_refused_and_left_alone() {
     assert!(std::fs::symlink_metadata(&dir).expect("still there").file_type().is_symlink(), "not removed");
     assert_eq!(std::fs::read_dir(&elsewhere).expect("dir").count(), 0, "nothing written through it");
 }
+
+#[tokio::test]
+async fn a_backwards_cpuset_is_refused_before_a_vm_boots() {
+    let h = Harness::new("cpuset");
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "linux": {"resources": {"cpu": {"cpus": "5-3"}}},
+    });
+    std::fs::write(h.root.join("bundle/config.json"), spec.to_string()).expect("config.json");
+    let err = h.create("c1").await.expect_err("refused");
+    let ttrpc::Error::RpcStatus(status) = err else { panic!("a status: {err:?}") };
+    assert_eq!(status.code(), Code::INVALID_ARGUMENT);
+    assert!(status.message.contains("the range 5-3 runs backwards"), "{}", status.message);
+    assert!(h.host.log().is_empty(), "nothing was prepared");
+}
