@@ -9,6 +9,7 @@
 //! default_vcpus = 1
 //! default_memory_mib = 128
 //! log_level = "info"
+//! # kernel_cmdline_extra = "…"   (none by default)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,9 @@ pub struct Config {
     /// How long the guest agent may take to answer after the VM starts.
     pub agent_timeout_secs: u64,
     pub log_level: String,
+    /// Kernel parameters added after brig's own (`console=ttyS0 quiet`): for a test
+    /// initramfs's switches, or a guest kernel option. None by default.
+    pub kernel_cmdline_extra: Option<String>,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             image_dir: PathBuf::from("/var/lib/brig/images"),
             agent_timeout_secs: 60,
             log_level: "info".into(),
+            kernel_cmdline_extra: None,
         }
     }
 }
@@ -94,6 +99,11 @@ impl Config {
         }
         if self.default_memory_mib < 64 {
             return invalid(format!("default_memory_mib {} is below 64", self.default_memory_mib));
+        }
+        if let Some(extra) = &self.kernel_cmdline_extra {
+            if extra.chars().any(char::is_control) {
+                return invalid("kernel_cmdline_extra must be one line of kernel parameters".into());
+            }
         }
         Ok(())
     }
@@ -137,6 +147,11 @@ mod tests {
         );
         std::fs::write(&path, "default_vcpus = 0\n").expect("write");
         assert!(Config::from_file(&path).expect_err("zero").to_string().contains("at least 1"));
+        std::fs::write(&path, "kernel_cmdline_extra = \"a=1\\ninit=/bin/sh\"\n").expect("write");
+        assert!(Config::from_file(&path).expect_err("a newline").to_string().contains("one line"));
+        std::fs::write(&path, "kernel_cmdline_extra = \"hostile.mode=silent\"\n").expect("write");
+        let config = Config::from_file(&path).expect("extra parameters");
+        assert_eq!(config.kernel_cmdline_extra.as_deref(), Some("hostile.mode=silent"));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -18,7 +18,7 @@ use brig_protocol::ttrpc::asynchronous::transport::Socket;
 use brig_protocol::ttrpc::context;
 use brig_protocol::{AGENT_VSOCK_PORT, API_MAJOR, API_MINOR};
 use brig_vmm_api::client::{AsyncClient, ClientError};
-use brig_vmm_api::config::{BlockConfig, BootConfig, MachineConfig, VmConfig, VsockConfig};
+use brig_vmm_api::config::{BlockConfig, BootConfig, MachineConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use brig_vmm_api::vsock::{self, VsockError};
 use tokio::sync::watch;
 
@@ -70,7 +70,12 @@ const VMM_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn vm_config(config: &Config, dir: &Path, size: Size, rootfs_image: &Path) -> VmConfig {
     VmConfig {
         machine: MachineConfig { vcpus: size.vcpus, memory_mib: size.memory_mib },
-        boot: BootConfig { kernel: config.kernel.clone(), initramfs: Some(config.initramfs.clone()), cmdline: None },
+        boot: BootConfig {
+            kernel: config.kernel.clone(),
+            initramfs: Some(config.initramfs.clone()),
+            // brig-vmm's cmdline replaces its default: keep the default, then add.
+            cmdline: config.kernel_cmdline_extra.as_ref().map(|extra| format!("{DEFAULT_CMDLINE} {extra}")),
+        },
         console: Some(dir.join("console.log")),
         vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: dir.join("vsock.sock") }),
         block: vec![BlockConfig {
@@ -366,6 +371,16 @@ mod tests {
         assert_eq!(vm.block, vec![BlockConfig { path: "/img".into(), read_only: true, serial: Some("rootfs".into()) }]);
         assert_eq!(vm.vsock.expect("vsock").uds_path, Path::new("/run/brig/x/vsock.sock"));
         assert_eq!(vm.api_socket.as_deref(), Some(Path::new("/run/brig/x/api.sock")));
+    }
+
+    #[test]
+    fn extra_kernel_parameters_follow_brigs_own() {
+        let plain = vm_config(&Config::default(), Path::new("/d"), Size { vcpus: 1, memory_mib: 128 }, Path::new("/i"));
+        assert_eq!(plain.boot.cmdline, None, "brig-vmm's default");
+        let config = Config { kernel_cmdline_extra: Some("hostile.mode=silent".into()), ..Config::default() };
+        let vm = vm_config(&config, Path::new("/d"), Size { vcpus: 1, memory_mib: 128 }, Path::new("/i"));
+        assert_eq!(vm.boot.cmdline.as_deref(), Some("console=ttyS0 quiet hostile.mode=silent"));
+        assert!(vm.boot.base_cmdline().ends_with("hostile.mode=silent reboot=k panic=-1"));
     }
 
     #[test]
