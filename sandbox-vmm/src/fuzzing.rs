@@ -301,10 +301,67 @@ pub fn vsock_packets(data: &[u8]) {
     }
 }
 
+/// The seed corpus kept in `fuzz/seeds/`: (target/name, bytes).
+pub fn seed_files() -> Vec<(String, Vec<u8>)> {
+    use brig_vmm_api::wire::{request_line, response_line};
+    let mut files = vec![
+        ("virtio_mmio/block".to_owned(), seed::virtio_mmio(Device::Block)),
+        ("virtio_mmio/rng".to_owned(), seed::virtio_mmio(Device::Rng)),
+        ("virtio_mmio/vsock".to_owned(), seed::virtio_mmio(Device::Vsock)),
+    ];
+    let packet = |op: u16, len: u32, payload: &[u8]| {
+        let hdr = crate::devices::virtio::vsock::packet::Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 49152,
+            dst_port: 1024,
+            len,
+            kind: 1,
+            op,
+            buf_alloc: 65536,
+            ..Default::default()
+        };
+        let mut bytes = hdr.to_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        bytes
+    };
+    let mut stream = packet(1, 0, b"");
+    stream.extend(packet(5, 5, b"hello"));
+    stream.extend(packet(4, 0, b""));
+    files.push(("vsock_packets/request-data-shutdown".to_owned(), stream));
+    for (i, (request, response)) in brig_vmm_api::examples::exchanges().into_iter().enumerate() {
+        let trim = |mut line: Vec<u8>| {
+            line.pop();
+            line
+        };
+        files.push((format!("control_socket/request-{i}"), trim(request_line(&request))));
+        files.push((format!("control_socket/answer-{i}"), trim(response_line(&response))));
+    }
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::METRICS;
+
+    #[test]
+    fn the_seed_corpus_in_the_repo_is_what_the_builders_make() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+        for (name, bytes) in seed_files() {
+            let path = root.join(&name);
+            if std::env::var_os("BRIG_BLESS").is_some() {
+                std::fs::create_dir_all(path.parent().expect("a target directory")).expect("mkdir");
+                std::fs::write(&path, &bytes).expect("bless");
+                continue;
+            }
+            let kept = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                kept == bytes,
+                "fuzz/seeds/{name} is out of date: BRIG_BLESS=1 cargo test -p sandbox-vmm seed_corpus"
+            );
+        }
+    }
 
     #[test]
     fn vsock_packet_streams_are_harmless() {

@@ -5,6 +5,7 @@ mod artifacts;
 mod bench;
 mod cargo;
 mod demo;
+mod fuzz;
 mod install;
 mod libtest;
 mod test;
@@ -23,9 +24,12 @@ cargo xtask <command>
         run COMMAND as root where /dev/kvm can boot Linux: directly on a CPU
         with vmx/svm, else inside the nested KVM test host
   demo  the main job: a micro-VM booted by brig-vmm, its agent answering over vsock
-  test [--no-lint] [--no-unit] [--test FILE]... [--filter NAME]
-        every test: fmt, clippy, unit tests, then the integration tests
-        inside kvm-host (what CI runs)
+  test [--no-lint] [--no-unit] [--no-fuzz] [--test FILE]... [--filter NAME]
+        every test: fmt, clippy, unit tests, the fuzz targets, then the
+        integration tests inside kvm-host (what CI runs)
+  fuzz [--seconds N] [TARGET]...
+        the cargo-fuzz targets (guest, agent and file inputs), each for N
+        seconds (default 60), with their run counts
   bench [ring0] [boot] [ctr]
         benchmarks; they print numbers (see docs/testing.md)
   install [--prefix DIR] [--no-build]
@@ -62,6 +66,10 @@ fn real_main() -> Result<ExitCode> {
         }
         "install" => {
             install::run(rest)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "fuzz" => {
+            fuzz::main(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         "bench" => {
@@ -123,6 +131,7 @@ fn test_options(args: &[String]) -> Result<test::Options> {
         match arg.as_str() {
             "--no-lint" => opts.no_lint = true,
             "--no-unit" => opts.no_unit = true,
+            "--no-fuzz" => opts.no_fuzz = true,
             "--test" => opts.files.push(iter.next().context("--test needs a file name")?.clone()),
             "--filter" => opts.filter = Some(iter.next().context("--filter needs a name")?.clone()),
             other => bail!("unknown option `{other}` for test\n{HELP}"),

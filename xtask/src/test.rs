@@ -3,8 +3,9 @@
 //! 1. installs missing Debian packages;
 //! 2. `cargo fmt --check` and `cargo clippy -D warnings`;
 //! 3. the workspace's unit tests on this machine (as root where they need it);
-//! 4. builds the guest artifacts;
-//! 5. runs each of `brig-tests`' integration-test binaries in its own
+//! 4. every fuzz target for a fixed time (`cargo xtask fuzz`);
+//! 5. builds the guest artifacts;
+//! 6. runs each of `brig-tests`' integration-test binaries in its own
 //!    `cargo xtask kvm-host`, starting a fresh test host when the emulated one fails.
 //!
 //! Every step must pass, and no test may be ignored or skipped.
@@ -21,6 +22,8 @@ pub struct Options {
     pub no_lint: bool,
     /// Skip the host unit tests.
     pub no_unit: bool,
+    /// Skip the fuzz targets.
+    pub no_fuzz: bool,
     /// Only integration tests whose name contains this.
     pub filter: Option<String>,
     /// Only these integration-test files (e.g. `boot`, `vsock`).
@@ -56,6 +59,18 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         println!("unit tests: {} passed", summary.passed);
         phase("unit tests", start);
+    }
+
+    let mut fuzzed = Vec::new();
+    if !opts.no_fuzz {
+        let start = Instant::now();
+        let seconds = std::env::var("BRIG_FUZZ_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::fuzz::DEFAULT_SECONDS);
+        fuzzed = crate::fuzz::run(crate::fuzz::TARGETS, seconds)?;
+        crate::fuzz::print(&fuzzed);
+        phase("fuzz targets", start);
     }
 
     let start = Instant::now();
@@ -104,6 +119,9 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     phase("integration tests in kvm-host", start);
 
+    if !fuzzed.is_empty() {
+        crate::fuzz::print(&fuzzed);
+    }
     println!("\nintegration test binaries (each in its own kvm-host):\n{}", rows.join("\n"));
     println!("\ncargo xtask test phases:");
     for (name, took) in &phases {

@@ -74,6 +74,11 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<u64, SnapshotError>
     Ok((prefix.len() + payload.len()) as u64)
 }
 
+/// The checksum a state file carries for `payload`.
+pub fn checksum(payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(payload).into()
+}
+
 /// Reads and verifies a file written by [`write`].
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, SnapshotError> {
     let display = path.display().to_string();

@@ -15,7 +15,7 @@ mod events;
 mod host;
 mod monitor;
 mod process;
-mod stats;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 
