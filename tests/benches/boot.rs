@@ -26,7 +26,6 @@ struct Sample {
     rss_kib: u64,
 }
 
-
 fn ping(fd: OwnedFd) -> Result<()> {
     let client = AgentClient::new(ttrpc::Client::new(fd.into_raw_fd()).map_err(|e| anyhow!("{e}"))?);
     client.ping(context::with_timeout(2_000_000_000), &PingRequest::new()).map_err(|e| anyhow!("{e}"))?;

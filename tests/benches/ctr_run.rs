@@ -23,7 +23,6 @@ fn summary(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     (samples[0], samples[samples.len() / 2], samples[samples.len() - 1])
 }
 
-
 fn main() {
     brig_tests::require_kvm_host();
     let containerd = Containerd::start();

@@ -199,7 +199,8 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
     }
 
     let console = run_dir.join("console.log");
-    let mut qemu = Command::new("qemu-system-x86_64");
+    // BRIG_KVM_HOST_QEMU: another emulator build, for comparisons (bench stress).
+    let mut qemu = Command::new(std::env::var("BRIG_KVM_HOST_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()));
     let cpu_model = std::env::var("BRIG_KVM_HOST_CPU").unwrap_or_else(|_| CPU_MODEL.to_owned());
     qemu.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", &cpu_model])
         .args(["-smp", &opts.cpus.to_string(), "-m", &opts.memory_mib.to_string()])
@@ -397,7 +398,13 @@ fn prepare() -> Result<Artifacts> {
 
 /// The versioned image package behind `linux-image-amd64` (the generic flavour: the
 /// `cloud` one has no 9p).
-fn kernel_package() -> Result<String> {
+/// The test host's kernel package: `BRIG_KVM_HOST_KERNEL` (for comparisons, e.g.
+/// a bookworm-backports `linux-image-6.12…-amd64`), else what `linux-image-amd64`
+/// depends on.
+pub fn kernel_package() -> Result<String> {
+    if let Ok(package) = std::env::var("BRIG_KVM_HOST_KERNEL") {
+        return Ok(package);
+    }
     let out = Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
