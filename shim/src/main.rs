@@ -2,5 +2,6 @@
 
 #[tokio::main]
 async fn main() {
-    containerd_shim::asynchronous::run::<brig_shim::service::Service>("io.containerd.brig.v2", None).await;
+    let config = brig_shim::service::shim_config();
+    containerd_shim::asynchronous::run::<brig_shim::service::Service>("io.containerd.brig.v2", Some(config)).await;
 }

@@ -14,6 +14,15 @@ use crate::config::Config;
 use crate::task::{task_dir, TaskService, KILLED_STATUS};
 use crate::{image, sandbox};
 
+/// containerd-shim's options for this shim. No reaper: the shim's children
+/// (brig-vmm, mkfs.ext4) are waited for by whoever started them, and a blanket
+/// `waitpid(-1)` on SIGCHLD would take their exit first (`No child processes`).
+/// This must be passed to `run`: it installs its SIGCHLD handler from these options
+/// before `Shim::new` gets to change them.
+pub fn shim_config() -> ShimConfig {
+    ShimConfig { no_reaper: true, ..ShimConfig::default() }
+}
+
 #[derive(Clone)]
 pub struct Service {
     exit: Arc<ExitSignal>,
@@ -31,9 +40,7 @@ impl std::fmt::Debug for Service {
 impl Shim for Service {
     type T = TaskService;
 
-    async fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
-        // brig-vmm is the shim's only child, waited for by tokio: no blanket reaping.
-        config.no_reaper = true;
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut ShimConfig) -> Self {
         Service { exit: Arc::new(ExitSignal::default()), id: args.id.clone(), namespace: args.namespace.clone() }
     }
 
@@ -67,5 +74,13 @@ impl Shim for Service {
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let config = Config::load().map_err(|e| e.to_string());
         TaskService::new(config, &self.namespace, publisher, self.exit.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn containerd_shim_reaps_none_of_the_shims_children() {
+        assert!(super::shim_config().no_reaper, "run() would install a waitpid(-1) SIGCHLD handler");
     }
 }
