@@ -8,6 +8,7 @@
 //! | `BRIG_AGENT_BIN`      | the static brig-agent                             |
 //! | `BRIG_VMM_BIN`        | brig-vmm (release build)                          |
 //! | `BRIG_PROBE_INITRAMFS`| test-only initramfs whose init is brig-guest-probe|
+//! | `BRIG_HOSTILE_INITRAMFS`| test-only initramfs whose init is brig-hostile-agent |
 //! | `BRIG_OCI_CHECK_BIN`  | the static brig-oci-check (OCI conformance tests) |
 //! | `BRIG_TEST_ROOTFS_IMAGE` | ext4 busybox rootfs with the probe and checker |
 //! | `BRIG_SHIM_BIN`       | containerd-shim-brig-v2 (release build)           |
@@ -33,6 +34,7 @@ pub struct Artifacts {
     pub agent: PathBuf,
     pub vmm: PathBuf,
     pub probe_initramfs: PathBuf,
+    pub hostile_initramfs: PathBuf,
     pub oci_check: PathBuf,
     pub test_rootfs: PathBuf,
     pub shim: PathBuf,
@@ -50,6 +52,7 @@ impl Artifacts {
             ("BRIG_AGENT_BIN".into(), s(&self.agent)),
             ("BRIG_VMM_BIN".into(), s(&self.vmm)),
             ("BRIG_PROBE_INITRAMFS".into(), s(&self.probe_initramfs)),
+            ("BRIG_HOSTILE_INITRAMFS".into(), s(&self.hostile_initramfs)),
             ("BRIG_OCI_CHECK_BIN".into(), s(&self.oci_check)),
             ("BRIG_TEST_ROOTFS_IMAGE".into(), s(&self.test_rootfs)),
             ("BRIG_SHIM_BIN".into(), s(&self.shim)),
@@ -65,6 +68,7 @@ pub fn build() -> Result<Artifacts> {
     eprintln!("guest kernel {}: {}", kernel.release, kernel.vmlinux.display());
     let agent = build_static("guest-agent", "brig-agent")?;
     let probe = build_static("brig-guest-probe", "brig-guest-probe")?;
+    let hostile = build_static("brig-hostile-agent", "brig-hostile-agent")?;
     let oci_check = build_static("brig-oci-check", "brig-oci-check")?;
     let out = crate::workspace_root().join("target").join("brig");
     std::fs::create_dir_all(&out)?;
@@ -72,6 +76,8 @@ pub fn build() -> Result<Artifacts> {
     initramfs::build(&agent, &initramfs)?;
     let probe_initramfs = out.join("probe-initramfs.cpio");
     initramfs::build(&probe, &probe_initramfs)?;
+    let hostile_initramfs = out.join("hostile-initramfs.cpio");
+    initramfs::build(&hostile, &hostile_initramfs)?;
     let test_rootfs = test_rootfs_image(&out, &probe, &oci_check)?;
     let oci_image = out.join("busybox-oci.tar");
     image::oci_image_layout(&out.join("test-rootfs"), &oci_image, OCI_IMAGE_REF)?;
@@ -100,6 +106,7 @@ pub fn build() -> Result<Artifacts> {
         shim: release.join("containerd-shim-brig-v2"),
         oci_image,
         probe_initramfs,
+        hostile_initramfs,
         oci_check,
         test_rootfs,
     })
