@@ -40,7 +40,13 @@ fn a_killed_shim_is_cleaned_up_by_containerds_shim_delete() {
     kill(Pid::from_raw(shim), Signal::SIGKILL).expect("kill the shim");
     // containerd sees the shim's socket close and runs `containerd-shim-brig-v2 delete`.
     containerd.assert_no_leftovers("after kill -9 of the shim");
-    assert!(!std::path::Path::new(&format!("/proc/{vmm}")).exists(), "brig-vmm {vmm} is gone");
+    // Killed by `shim delete`, it is reaped by the test host's init, which may take a moment.
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{vmm}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while proc_dir.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!proc_dir.exists(), "brig-vmm {vmm} is gone");
     let _ = containerd.ctr(&["task", "delete", "orphan"]);
     containerd.assert_ok(&containerd.ctr(&["container", "delete", "orphan"]));
     // The same name can run again.
