@@ -206,7 +206,10 @@ fn exec_pause_resume_update_stats_processes_and_oom() {
     assert_eq!(stats.pids.limit, 10);
 
     // Allocating past the memory limit gets the container OOM-killed, and the event is reported.
-    let hog = process(&["sh", "-c", "head -c 200m /dev/zero | tail"]);
+    // One 64 MiB read into one buffer: the limit is crossed in a single system call, however
+    // slow the emulated test host is (`head | tail` grew its buffer in small steps, each a
+    // copy, and on a slow CI machine it had not reached the limit when GetOomEvent gave up).
+    let hog = process(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
     let request = ExecProcessRequest {
         container_id: "box".into(),
         exec_id: "hog".into(),
