@@ -81,6 +81,45 @@ fn update() -> Result<()> {
     Ok(())
 }
 
+/// Where [`ensure_backports`] adds bookworm-backports when no source has it.
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/brig-bookworm-backports.sources";
+
+/// Makes sure apt knows bookworm-backports. Its packages keep apt's priority 100:
+/// nothing installed changes unless it is asked for by name or `/bookworm-backports`.
+pub fn ensure_backports() -> Result<()> {
+    let sources = ["/etc/apt/sources.list", "/etc/apt/sources.list.d"]
+        .iter()
+        .flat_map(|p| match std::fs::read_dir(p) {
+            Ok(dir) => dir.filter_map(|e| e.ok()).map(|e| e.path()).collect::<Vec<_>>(),
+            Err(_) => vec![std::path::PathBuf::from(p)],
+        })
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .any(|text| text.lines().any(|l| !l.trim_start().starts_with('#') && l.contains("bookworm-backports")));
+    if !sources {
+        eprintln!("[apt] adding bookworm-backports to apt's sources ({BACKPORTS_SOURCE})");
+        let text = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
+                    Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+        let mut tee = as_root("tee");
+        tee.arg(BACKPORTS_SOURCE).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child = tee.spawn().context("tee (writing the backports source)")?;
+        std::io::Write::write_all(&mut child.stdin.take().context("tee's stdin")?, text.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("could not write {BACKPORTS_SOURCE}");
+        }
+        update()?;
+    } else if !has_suite("bookworm-backports") {
+        update()?;
+    }
+    Ok(())
+}
+
+/// Whether apt's lists hold packages of `suite`.
+fn has_suite(suite: &str) -> bool {
+    std::fs::read_dir("/var/lib/apt/lists")
+        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains(&format!("_{suite}_"))))
+        .unwrap_or(false)
+}
+
 /// Installs whichever of `pkgs` are missing.
 pub fn ensure(pkgs: &[&str]) -> Result<()> {
     let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();

@@ -9,8 +9,9 @@
 //!   runc, inside the test host; the memory one running brig task costs.
 //! - `stress`: five guests booting at once, in rounds, in `BRIG_STRESS_RUNS` (3)
 //!   fresh test hosts: boots, guest failures by kind, and the test host's own
-//!   failures (ADR 006, 008). `BRIG_KVM_HOST_QEMU` and `BRIG_KVM_HOST_KERNEL` pick
-//!   the emulator and the test host's kernel package, to compare them.
+//!   failures (ADR 006, 009). `BRIG_KVM_HOST_QEMU` and `BRIG_KVM_HOST_KERNEL` pick
+//!   the emulator and the test host's kernel package; `BRIG_STRESS_COMPARE=1`
+//!   runs Debian's and bookworm-backports' QEMU and kernel side by side.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -72,47 +73,168 @@ pub fn run(names: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs the stress benchmark in fresh test hosts and prints the tally.
+/// One emulator and test-host kernel to stress, and what it did.
+struct Setup {
+    qemu: String,
+    kernel: Option<String>,
+    label: String,
+    boots: u64,
+    guest_failures: u64,
+    host_failures: u32,
+    rows: Vec<String>,
+}
+
+/// The setups to compare: the configured one, or with `BRIG_STRESS_COMPARE=1`
+/// Debian's QEMU and test host kernel beside bookworm-backports' (both installed from
+/// Debian's packages), all four combinations, in one run.
+fn setups(host: &testhost::Options) -> Result<Vec<Setup>> {
+    let version = |qemu: &str| {
+        let out = Command::new(qemu).arg("--version").output().with_context(|| format!("running {qemu}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().next().unwrap_or_default();
+        Ok::<_, anyhow::Error>(line.trim_start_matches("QEMU emulator version ").to_owned())
+    };
+    let default_kernel = match &host.kernel {
+        Some(kernel) => kernel.clone(),
+        None => testhost::kernel_package()?,
+    };
+    let mut pairs = vec![(host.qemu.clone(), default_kernel.clone())];
+    if std::env::var("BRIG_STRESS_COMPARE").is_ok_and(|v| v == "1") {
+        apt::ensure_backports()?;
+        let qemu = backports_qemu()?;
+        let kernel = backports_kernel()?;
+        pairs = vec![
+            (host.qemu.clone(), default_kernel.clone()),
+            (qemu.clone(), default_kernel),
+            (host.qemu.clone(), kernel.clone()),
+            (qemu, kernel),
+        ];
+    }
+    pairs
+        .into_iter()
+        .map(|(qemu, kernel)| {
+            let label = format!("QEMU {} / {kernel}", version(&qemu)?);
+            Ok(Setup {
+                qemu,
+                kernel: Some(kernel),
+                label,
+                boots: 0,
+                guest_failures: 0,
+                host_failures: 0,
+                rows: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+/// bookworm-backports' QEMU, unpacked (not installed) into the cache; returns a
+/// wrapper that points it at its own firmware.
+fn backports_qemu() -> Result<String> {
+    use brig_rootfs_builder::cache::{self, Key};
+    const PACKAGES: [&str; 3] = ["qemu-system-x86", "qemu-system-common", "qemu-system-data"];
+    let out =
+        Command::new("apt-cache").args(["show", "--no-all-versions", "qemu-system-x86/bookworm-backports"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let version =
+        text.lines().find_map(|l| l.strip_prefix("Version: ")).context("bookworm-backports has no qemu-system-x86")?;
+    let mut key = Key::new("qemu-backports");
+    key.add("version", version.as_bytes());
+    let entry = cache::root()?.join("qemu-backports").join(key.hex());
+    let wrapper = entry.join("qemu-system-x86_64");
+    if wrapper.is_file() {
+        return Ok(wrapper.to_string_lossy().into_owned());
+    }
+    let staging = entry.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(staging.join("pkg"))?;
+    let status = Command::new("apt-get")
+        .current_dir(staging.join("pkg"))
+        .args(["download", "-q"])
+        .args(PACKAGES.map(|p| format!("{p}/bookworm-backports")))
+        .status()?;
+    if !status.success() {
+        bail!("apt-get download of bookworm-backports' QEMU {version} failed ({status})");
+    }
+    for deb in std::fs::read_dir(staging.join("pkg"))? {
+        let status = Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(staging.join("root")).status()?;
+        if !status.success() {
+            bail!("dpkg-deb -x failed ({status})");
+        }
+    }
+    let root = entry.join("root/usr");
+    std::fs::write(
+        staging.join("qemu-system-x86_64"),
+        format!(
+            "#!/bin/sh\nexec {0}/bin/qemu-system-x86_64 -L {0}/share/qemu -L {0}/share/seabios \"$@\"\n",
+            root.display()
+        ),
+    )?;
+    std::fs::set_permissions(staging.join("qemu-system-x86_64"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::remove_dir_all(staging.join("pkg"))?;
+    std::fs::rename(&staging, &entry)?;
+    Ok(wrapper.to_string_lossy().into_owned())
+}
+
+/// The kernel image package `linux-image-amd64` depends on in bookworm-backports.
+fn backports_kernel() -> Result<String> {
+    let out = Command::new("apt-cache").args(["depends", "linux-image-amd64/bookworm-backports"]).output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
+        .map(str::to_owned)
+        .context("apt-cache knows no linux-image-amd64 in bookworm-backports")
+}
+
+/// Runs the stress benchmark in fresh test hosts, for each setup, and prints the
+/// tallies side by side.
 fn stress(host: &testhost::Options) -> Result<()> {
     let runs: u32 = std::env::var("BRIG_STRESS_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let mut setups = setups(host)?;
     let env = artifacts::build()?.env()?;
     let binary = bench_binary("stress")?;
     let tally = crate::workspace_root().join("target").join("stress-tally");
     let mut host = host.clone();
     host.env = env;
     host.env.push(("BRIG_STRESS_TALLY".into(), tally.to_string_lossy().into_owned()));
-    let (mut boots, mut guest_failures, mut host_failures, mut rows) = (0, 0, 0, Vec::new());
+    // Runs interleave the setups, so that a change in the machine's load hits them alike.
     for run in 1..=runs {
-        let _ = std::fs::remove_file(&tally);
-        let outcome = testhost::run_outcome(&[binary.to_string_lossy().into_owned()], &host)?;
-        let seen = std::fs::read_to_string(&tally).unwrap_or_default();
-        let numbers: Vec<u64> = seen.split_whitespace().filter_map(|n| n.parse().ok()).collect();
-        let (rounds, b, f) = match numbers[..] {
-            [rounds, b, f] => (rounds, b, f),
-            _ => (0, 0, 0),
-        };
-        boots += b;
-        guest_failures += f;
-        let how = match outcome {
-            testhost::Outcome::Exited(0) => "completed".to_owned(),
-            testhost::Outcome::Exited(code) => format!("the benchmark failed ({code})"),
-            testhost::Outcome::TimedOut => "timed out".to_owned(),
-            testhost::Outcome::HostFailed => {
-                host_failures += 1;
-                format!("TEST HOST FAILED after round {rounds}")
-            }
-        };
-        rows.push(format!("  run {run}: {rounds} rounds, {b} boots, {f} guest failures: {how}"));
+        for setup in &mut setups {
+            host.qemu = setup.qemu.clone();
+            host.kernel = setup.kernel.clone();
+            eprintln!("stress: run {run} of {runs}, {}", setup.label);
+            let _ = std::fs::remove_file(&tally);
+            let outcome = testhost::run_outcome(&[binary.to_string_lossy().into_owned()], &host)?;
+            let seen = std::fs::read_to_string(&tally).unwrap_or_default();
+            let numbers: Vec<u64> = seen.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+            let (rounds, b, f) = match numbers[..] {
+                [rounds, b, f] => (rounds, b, f),
+                _ => (0, 0, 0),
+            };
+            setup.boots += b;
+            setup.guest_failures += f;
+            let how = match outcome {
+                testhost::Outcome::Exited(0) => "completed".to_owned(),
+                testhost::Outcome::Exited(code) => format!("the benchmark failed ({code})"),
+                testhost::Outcome::TimedOut => "timed out".to_owned(),
+                testhost::Outcome::HostFailed => {
+                    setup.host_failures += 1;
+                    format!("TEST HOST FAILED after round {rounds}")
+                }
+            };
+            setup.rows.push(format!("  run {run}: {rounds} rounds, {b} boots, {f} guest failures: {how}"));
+        }
     }
-    let qemu = std::env::var("BRIG_KVM_HOST_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
-    let version = Command::new(&qemu)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_owned());
-    println!("\nstress ({}; test host kernel {}):", version.unwrap_or_default(), testhost::kernel_package()?);
-    println!("{}", rows.join("\n"));
+    for setup in &setups {
+        println!("\nstress, {}:", setup.label);
+        println!("{}", setup.rows.join("\n"));
+    }
     println!(
-        "stress: {boots} boots, {guest_failures} guest failures, {host_failures} test host failures in {runs} runs"
+        "\n{:<60} {:>6} {:>15} {:>19}",
+        "stress (runs interleaved)", "boots", "guest failures", "test host failures"
     );
+    for s in &setups {
+        println!("{:<60} {:>6} {:>15} {:>14} of {runs}", s.label, s.boots, s.guest_failures, s.host_failures);
+    }
     Ok(())
 }

@@ -99,6 +99,10 @@ pub struct Options {
     pub worktree: PathBuf,
     /// Variables set for the command on top of the caller's environment.
     pub env: Vec<(String, String)>,
+    /// The emulator: `BRIG_KVM_HOST_QEMU`, else Debian's `qemu-system-x86_64`.
+    pub qemu: String,
+    /// The test host's kernel package: `BRIG_KVM_HOST_KERNEL`, else [`kernel_package`]'s.
+    pub kernel: Option<String>,
 }
 
 impl Options {
@@ -111,6 +115,8 @@ impl Options {
             cpus: env_u64("BRIG_KVM_HOST_CPUS").map_or(cpus as u32, |c| c as u32),
             worktree,
             env: Vec::new(),
+            qemu: std::env::var("BRIG_KVM_HOST_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
+            kernel: std::env::var("BRIG_KVM_HOST_KERNEL").ok(),
         }
     }
 }
@@ -187,7 +193,7 @@ fn run_direct(argv: &[String], opts: &Options) -> Result<Outcome> {
 }
 
 fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
-    let host = prepare()?;
+    let host = prepare(opts.kernel.as_deref())?;
     let run_dir = new_run_dir()?;
     let cwd = std::env::current_dir()?;
     fs::write(run_dir.join("run.sh"), run_script(argv, &cwd, &opts.env))?;
@@ -199,8 +205,7 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
     }
 
     let console = run_dir.join("console.log");
-    // BRIG_KVM_HOST_QEMU: another emulator build, for comparisons (bench stress).
-    let mut qemu = Command::new(std::env::var("BRIG_KVM_HOST_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()));
+    let mut qemu = Command::new(&opts.qemu);
     let cpu_model = std::env::var("BRIG_KVM_HOST_CPU").unwrap_or_else(|_| CPU_MODEL.to_owned());
     qemu.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", &cpu_model])
         .args(["-smp", &opts.cpus.to_string(), "-m", &opts.memory_mib.to_string()])
@@ -357,11 +362,15 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Builds (or finds in the cache) the test host's kernel and initramfs.
-fn prepare() -> Result<Artifacts> {
-    apt::ensure(&["qemu-system-x86", "kmod", "cpio", "busybox-static"])?;
+/// Builds (or finds in the cache) the test host's kernel and initramfs, from
+/// `kernel` (a package name) or the default [`kernel_package`].
+fn prepare(kernel: Option<&str>) -> Result<Artifacts> {
+    apt::ensure(&["qemu-system-x86", "kmod", "cpio", "busybox-static", "xz-utils"])?;
     apt::ensure_lists()?;
-    let package = kernel_package()?;
+    let package = match kernel {
+        Some(package) => package.to_owned(),
+        None => kernel_package()?,
+    };
     let version = package_version(&package)?;
     let busybox = fs::read("/bin/busybox").context("reading /bin/busybox (package busybox-static)")?;
     let mut key = Key::new("testhost");
@@ -396,15 +405,9 @@ fn prepare() -> Result<Artifacts> {
     Ok(artifacts)
 }
 
-/// The versioned image package behind `linux-image-amd64` (the generic flavour: the
-/// `cloud` one has no 9p).
-/// The test host's kernel package: `BRIG_KVM_HOST_KERNEL` (for comparisons, e.g.
-/// a bookworm-backports `linux-image-6.12…-amd64`), else what `linux-image-amd64`
-/// depends on.
+/// The test host's default kernel package: the versioned image package behind
+/// `linux-image-amd64` (the generic flavour: the `cloud` one has no 9p).
 pub fn kernel_package() -> Result<String> {
-    if let Ok(package) = std::env::var("BRIG_KVM_HOST_KERNEL") {
-        return Ok(package);
-    }
     let out = Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -463,17 +466,31 @@ fn build(staging: &Path, package: &str, busybox: Vec<u8>) -> Result<()> {
     }
     let mut order = String::new();
     for path in module_load_order(&root, &release)? {
-        let name = path.file_name().context("module path")?.to_string_lossy().into_owned();
+        let file = path.file_name().context("module path")?.to_string_lossy().into_owned();
+        // Kernels after 6.1 ship `.ko.xz`; the test host's busybox insmod needs plain `.ko`.
+        let (name, data) = match file.strip_suffix(".xz") {
+            Some(name) => (name.to_owned(), unxz(&path)?),
+            None => (file, fs::read(&path)?),
+        };
         if !name.ends_with(".ko") {
-            bail!("{} is compressed; the test host's busybox insmod needs plain .ko", path.display());
+            bail!("{} is neither a .ko nor a .ko.xz module", path.display());
         }
         order.push_str(&name);
         order.push('\n');
-        entries.push(Entry::File { path: format!("modules/{name}"), mode: 0o644, data: fs::read(&path)? });
+        entries.push(Entry::File { path: format!("modules/{name}"), mode: 0o644, data });
     }
     entries.push(Entry::File { path: "modules/order".into(), mode: 0o644, data: order.into_bytes() });
     cache::write_atomic(&staging.join("initrd.cpio"), &initramfs::write_newc(&entries)?)?;
     Ok(())
+}
+
+/// The decompressed bytes of an `.xz` file (package xz-utils).
+fn unxz(path: &Path) -> Result<Vec<u8>> {
+    let out = Command::new("xz").arg("-dc").arg(path).output().context("running xz (package xz-utils)")?;
+    if !out.status.success() {
+        bail!("xz -dc {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out.stdout)
 }
 
 /// Module files to `insmod`, in dependency order, without repeats.
