@@ -8,10 +8,11 @@
 //! - `ctr`: `ctr run --rm … true` through Debian's containerd with brig and with
 //!   runc, inside the test host; the memory one running brig task costs.
 //! - `stress`: five guests booting at once, in rounds, in `BRIG_STRESS_RUNS` (3)
-//!   fresh test hosts: boots, guest failures by kind, and the test host's own
-//!   failures (ADR 006, 009). `BRIG_KVM_HOST_QEMU` and `BRIG_KVM_HOST_KERNEL` pick
-//!   the emulator and the test host's kernel package; `BRIG_STRESS_COMPARE=1`
-//!   runs Debian's and bookworm-backports' QEMU and kernel side by side.
+//!   fresh test hosts, brig-vmm's rounds alternating with QEMU microvm's (the same
+//!   kernel and initramfs): boots, guest failures by kind for each, and the test
+//!   host's own failures (ADR 006, 009). `BRIG_KVM_HOST_QEMU` and `BRIG_KVM_HOST_KERNEL` pick
+//!   the emulator and the test host's kernel package; `BRIG_STRESS_COMPARE=qemu`,
+//!   `kernel` or `1` (both) runs Debian's and bookworm-backports' side by side.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -80,13 +81,16 @@ struct Setup {
     label: String,
     boots: u64,
     guest_failures: u64,
+    /// QEMU's boots and guest failures in the same test hosts (the peer).
+    peer_boots: u64,
+    peer_failures: u64,
     host_failures: u32,
     rows: Vec<String>,
 }
 
-/// The setups to compare: the configured one, or with `BRIG_STRESS_COMPARE=1`
-/// Debian's QEMU and test host kernel beside bookworm-backports' (both installed from
-/// Debian's packages), all four combinations, in one run.
+/// The setups to compare: the configured one, or with `BRIG_STRESS_COMPARE` Debian's
+/// QEMU (`qemu`), test host kernel (`kernel`) or both (`1`) beside bookworm-backports'
+/// (from Debian's packages), every combination, in one run.
 fn setups(host: &testhost::Options) -> Result<Vec<Setup>> {
     let version = |qemu: &str| {
         let out = Command::new(qemu).arg("--version").output().with_context(|| format!("running {qemu}"))?;
@@ -98,18 +102,27 @@ fn setups(host: &testhost::Options) -> Result<Vec<Setup>> {
         Some(kernel) => kernel.clone(),
         None => testhost::kernel_package()?,
     };
-    let mut pairs = vec![(host.qemu.clone(), default_kernel.clone())];
-    if std::env::var("BRIG_STRESS_COMPARE").is_ok_and(|v| v == "1") {
+    let compare = std::env::var("BRIG_STRESS_COMPARE").unwrap_or_default();
+    let (vary_qemu, vary_kernel) = match compare.as_str() {
+        "" => (false, false),
+        "1" | "all" => (true, true),
+        "qemu" => (true, false),
+        "kernel" => (false, true),
+        other => bail!("BRIG_STRESS_COMPARE={other}: use 1 (or all), qemu or kernel"),
+    };
+    let mut qemus = vec![host.qemu.clone()];
+    let mut kernels = vec![default_kernel];
+    if vary_qemu || vary_kernel {
         apt::ensure_backports()?;
-        let qemu = backports_qemu()?;
-        let kernel = backports_kernel()?;
-        pairs = vec![
-            (host.qemu.clone(), default_kernel.clone()),
-            (qemu.clone(), default_kernel),
-            (host.qemu.clone(), kernel.clone()),
-            (qemu, kernel),
-        ];
     }
+    if vary_qemu {
+        qemus.push(backports_qemu()?);
+    }
+    if vary_kernel {
+        kernels.push(backports_kernel()?);
+    }
+    let pairs: Vec<(String, String)> =
+        kernels.iter().flat_map(|k| qemus.iter().map(move |q| (q.clone(), k.clone()))).collect();
     pairs
         .into_iter()
         .map(|(qemu, kernel)| {
@@ -120,6 +133,8 @@ fn setups(host: &testhost::Options) -> Result<Vec<Setup>> {
                 label,
                 boots: 0,
                 guest_failures: 0,
+                peer_boots: 0,
+                peer_failures: 0,
                 host_failures: 0,
                 rows: Vec::new(),
             })
@@ -206,13 +221,14 @@ fn stress(host: &testhost::Options) -> Result<()> {
             let _ = std::fs::remove_file(&tally);
             let outcome = testhost::run_outcome(&[binary.to_string_lossy().into_owned()], &host)?;
             let seen = std::fs::read_to_string(&tally).unwrap_or_default();
+            // "rounds brig-boots brig-failures [qemu-boots qemu-failures]"
             let numbers: Vec<u64> = seen.split_whitespace().filter_map(|n| n.parse().ok()).collect();
-            let (rounds, b, f) = match numbers[..] {
-                [rounds, b, f] => (rounds, b, f),
-                _ => (0, 0, 0),
-            };
+            let at = |i: usize| numbers.get(i).copied().unwrap_or(0);
+            let (rounds, b, f, pb, pf) = (at(0), at(1), at(2), at(3), at(4));
             setup.boots += b;
             setup.guest_failures += f;
+            setup.peer_boots += pb;
+            setup.peer_failures += pf;
             let how = match outcome {
                 testhost::Outcome::Exited(0) => "completed".to_owned(),
                 testhost::Outcome::Exited(code) => format!("the benchmark failed ({code})"),
@@ -222,7 +238,9 @@ fn stress(host: &testhost::Options) -> Result<()> {
                     format!("TEST HOST FAILED after round {rounds}")
                 }
             };
-            setup.rows.push(format!("  run {run}: {rounds} rounds, {b} boots, {f} guest failures: {how}"));
+            setup.rows.push(format!(
+                "  run {run}: {rounds} rounds; brig-vmm {b} boots, {f} guest failures; QEMU {pb} boots, {pf} guest failures: {how}"
+            ));
         }
     }
     for setup in &setups {
