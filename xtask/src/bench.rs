@@ -110,13 +110,16 @@ fn setups(host: &testhost::Options) -> Result<Vec<Setup>> {
         "kernel" => (false, true),
         other => bail!("BRIG_STRESS_COMPARE={other}: use 1 (or all), qemu or kernel"),
     };
-    let mut qemus = vec![host.qemu.clone()];
+    let mut qemus = vec![match &host.qemu {
+        Some(qemu) => qemu.clone(),
+        None => testhost::backports_qemu()?,
+    }];
     let mut kernels = vec![default_kernel];
     if vary_qemu || vary_kernel {
         apt::ensure_backports()?;
     }
     if vary_qemu {
-        qemus.push(backports_qemu()?);
+        qemus = vec!["qemu-system-x86_64".to_owned(), testhost::backports_qemu()?];
     }
     if vary_kernel {
         kernels.push(backports_kernel()?);
@@ -140,54 +143,6 @@ fn setups(host: &testhost::Options) -> Result<Vec<Setup>> {
             })
         })
         .collect()
-}
-
-/// bookworm-backports' QEMU, unpacked (not installed) into the cache; returns a
-/// wrapper that points it at its own firmware.
-fn backports_qemu() -> Result<String> {
-    use brig_rootfs_builder::cache::{self, Key};
-    const PACKAGES: [&str; 3] = ["qemu-system-x86", "qemu-system-common", "qemu-system-data"];
-    let out =
-        Command::new("apt-cache").args(["show", "--no-all-versions", "qemu-system-x86/bookworm-backports"]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let version =
-        text.lines().find_map(|l| l.strip_prefix("Version: ")).context("bookworm-backports has no qemu-system-x86")?;
-    let mut key = Key::new("qemu-backports");
-    key.add("version", version.as_bytes());
-    let entry = cache::root()?.join("qemu-backports").join(key.hex());
-    let wrapper = entry.join("qemu-system-x86_64");
-    if wrapper.is_file() {
-        return Ok(wrapper.to_string_lossy().into_owned());
-    }
-    let staging = entry.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(staging.join("pkg"))?;
-    let status = Command::new("apt-get")
-        .current_dir(staging.join("pkg"))
-        .args(["download", "-q"])
-        .args(PACKAGES.map(|p| format!("{p}/bookworm-backports")))
-        .status()?;
-    if !status.success() {
-        bail!("apt-get download of bookworm-backports' QEMU {version} failed ({status})");
-    }
-    for deb in std::fs::read_dir(staging.join("pkg"))? {
-        let status = Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(staging.join("root")).status()?;
-        if !status.success() {
-            bail!("dpkg-deb -x failed ({status})");
-        }
-    }
-    let root = entry.join("root/usr");
-    std::fs::write(
-        staging.join("qemu-system-x86_64"),
-        format!(
-            "#!/bin/sh\nexec {0}/bin/qemu-system-x86_64 -L {0}/share/qemu -L {0}/share/seabios \"$@\"\n",
-            root.display()
-        ),
-    )?;
-    std::fs::set_permissions(staging.join("qemu-system-x86_64"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    std::fs::remove_dir_all(staging.join("pkg"))?;
-    std::fs::rename(&staging, &entry)?;
-    Ok(wrapper.to_string_lossy().into_owned())
 }
 
 /// The kernel image package `linux-image-amd64` depends on in bookworm-backports.
@@ -215,7 +170,7 @@ fn stress(host: &testhost::Options) -> Result<()> {
     // Runs interleave the setups, so that a change in the machine's load hits them alike.
     for run in 1..=runs {
         for setup in &mut setups {
-            host.qemu = setup.qemu.clone();
+            host.qemu = Some(setup.qemu.clone());
             host.kernel = setup.kernel.clone();
             eprintln!("stress: run {run} of {runs}, {}", setup.label);
             let _ = std::fs::remove_file(&tally);
@@ -248,11 +203,14 @@ fn stress(host: &testhost::Options) -> Result<()> {
         println!("{}", setup.rows.join("\n"));
     }
     println!(
-        "\n{:<60} {:>6} {:>15} {:>19}",
-        "stress (runs interleaved)", "boots", "guest failures", "test host failures"
+        "\n{:<62} {:>19} {:>19} {:>18}",
+        "stress: test host (runs interleaved)", "brig-vmm failed", "QEMU microvm failed", "test host failed"
     );
     for s in &setups {
-        println!("{:<60} {:>6} {:>15} {:>14} of {runs}", s.label, s.boots, s.guest_failures, s.host_failures);
+        println!(
+            "{:<62} {:>8} of {:>4} boots {:>8} of {:>4} boots {:>10} of {runs} runs",
+            s.label, s.guest_failures, s.boots, s.peer_failures, s.peer_boots, s.host_failures
+        );
     }
     Ok(())
 }

@@ -99,8 +99,8 @@ pub struct Options {
     pub worktree: PathBuf,
     /// Variables set for the command on top of the caller's environment.
     pub env: Vec<(String, String)>,
-    /// The emulator: `BRIG_KVM_HOST_QEMU`, else Debian's `qemu-system-x86_64`.
-    pub qemu: String,
+    /// The emulator: `BRIG_KVM_HOST_QEMU`, else bookworm-backports' (ADR 009).
+    pub qemu: Option<String>,
     /// The test host's kernel package: `BRIG_KVM_HOST_KERNEL`, else [`kernel_package`]'s.
     pub kernel: Option<String>,
 }
@@ -115,7 +115,7 @@ impl Options {
             cpus: env_u64("BRIG_KVM_HOST_CPUS").map_or(cpus as u32, |c| c as u32),
             worktree,
             env: Vec::new(),
-            qemu: std::env::var("BRIG_KVM_HOST_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into()),
+            qemu: std::env::var("BRIG_KVM_HOST_QEMU").ok(),
             kernel: std::env::var("BRIG_KVM_HOST_KERNEL").ok(),
         }
     }
@@ -205,7 +205,10 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
     }
 
     let console = run_dir.join("console.log");
-    let mut qemu = Command::new(&opts.qemu);
+    let mut qemu = Command::new(match &opts.qemu {
+        Some(qemu) => qemu.clone(),
+        None => backports_qemu()?,
+    });
     let cpu_model = std::env::var("BRIG_KVM_HOST_CPU").unwrap_or_else(|_| CPU_MODEL.to_owned());
     qemu.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", &cpu_model])
         .args(["-smp", &opts.cpus.to_string(), "-m", &opts.memory_mib.to_string()])
@@ -403,6 +406,55 @@ fn prepare(kernel: Option<&str>) -> Result<Artifacts> {
     fs::remove_dir_all(staging.join("pkg"))?;
     fs::rename(&staging, &entry)?;
     Ok(artifacts)
+}
+
+/// bookworm-backports' QEMU (ADR 009), unpacked from Debian's packages into the cache
+/// (not installed: Debian's 7.2 stays, and brings the libraries both need); returns a
+/// wrapper that points it at its own firmware.
+pub fn backports_qemu() -> Result<String> {
+    apt::ensure_backports()?;
+    const PACKAGES: [&str; 3] = ["qemu-system-x86", "qemu-system-common", "qemu-system-data"];
+    let out =
+        Command::new("apt-cache").args(["show", "--no-all-versions", "qemu-system-x86/bookworm-backports"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let version =
+        text.lines().find_map(|l| l.strip_prefix("Version: ")).context("bookworm-backports has no qemu-system-x86")?;
+    let mut key = Key::new("qemu-backports");
+    key.add("version", version.as_bytes());
+    let entry = cache::root()?.join("qemu-backports").join(key.hex());
+    let wrapper = entry.join("qemu-system-x86_64");
+    if wrapper.is_file() {
+        return Ok(wrapper.to_string_lossy().into_owned());
+    }
+    let staging = entry.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(staging.join("pkg"))?;
+    let status = Command::new("apt-get")
+        .current_dir(staging.join("pkg"))
+        .args(["download", "-q"])
+        .args(PACKAGES.map(|p| format!("{p}/bookworm-backports")))
+        .status()?;
+    if !status.success() {
+        bail!("apt-get download of bookworm-backports' QEMU {version} failed ({status})");
+    }
+    for deb in std::fs::read_dir(staging.join("pkg"))? {
+        let status = Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(staging.join("root")).status()?;
+        if !status.success() {
+            bail!("dpkg-deb -x failed ({status})");
+        }
+    }
+    let root = entry.join("root/usr");
+    std::fs::write(
+        staging.join("qemu-system-x86_64"),
+        format!(
+            "#!/bin/sh\nexec {0}/bin/qemu-system-x86_64 -L {0}/share/qemu -L {0}/share/seabios \"$@\"\n",
+            root.display()
+        ),
+    )?;
+    std::fs::set_permissions(staging.join("qemu-system-x86_64"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::remove_dir_all(staging.join("pkg"))?;
+    std::fs::rename(&staging, &entry)?;
+    Ok(wrapper.to_string_lossy().into_owned())
 }
 
 /// The test host's default kernel package: the versioned image package behind
