@@ -424,10 +424,11 @@ mod tests {
     }
 
     /// Sets every entry's modification time under `dir` to one instant, and its access
-    /// time to now: later than the modification, so that reading it (relatime) does not
-    /// move it again, and the next build sees the same times.
+    /// time to one in the future: later than both the modification and the change
+    /// (which this touch sets to now), so that reading it does not move it (relatime
+    /// updates an access time not after either), and the next build sees the same times.
     fn pin_times(dir: &Path) {
-        for touch in [&["-m", "-d", "@1000000000"][..], &["-a"][..]] {
+        for touch in [&["-m", "-d", "@1000000000"][..], &["-a", "-d", "@4000000000"][..]] {
             let status = Command::new("find")
                 .arg(dir)
                 .args(["-exec", "touch", "-h"])
