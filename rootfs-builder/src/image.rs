@@ -142,7 +142,9 @@ pub fn ext4_image(dir: &Path, image: &Path, size_mib: u64) -> Result<()> {
     file.set_len(size_mib.checked_mul(1 << 20).context("image size overflows")?)
         .with_context(|| format!("sizing {} to {size_mib} MiB", image.display()))?;
     drop(file);
-    let epoch = source_date_epoch().to_string();
+    // e2fsprogs reads a fake time of 0 as "none" and stamps the superblock with the
+    // clock (two builds a second apart then differ): the earliest time it keeps is 1.
+    let epoch = source_date_epoch().max(1).to_string();
     let mut cmd = Command::new(MKFS_EXT4);
     cmd.args(["-q", "-F", "-m", "0", "-U", EXT4_UUID])
         .arg("-E")
