@@ -122,7 +122,7 @@ fn setups(host: &testhost::Options) -> Result<Vec<Setup>> {
         qemus = vec!["qemu-system-x86_64".to_owned(), testhost::backports_qemu()?];
     }
     if vary_kernel {
-        kernels.push(backports_kernel()?);
+        kernels.push(testhost::kernel_package_in("linux-image-amd64/bookworm-backports")?);
     }
     let pairs: Vec<(String, String)> =
         kernels.iter().flat_map(|k| qemus.iter().map(move |q| (q.clone(), k.clone()))).collect();
@@ -143,17 +143,6 @@ fn setups(host: &testhost::Options) -> Result<Vec<Setup>> {
             })
         })
         .collect()
-}
-
-/// The kernel image package `linux-image-amd64` depends on in bookworm-backports.
-fn backports_kernel() -> Result<String> {
-    let out = Command::new("apt-cache").args(["depends", "linux-image-amd64/bookworm-backports"]).output()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
-        .map(str::to_owned)
-        .context("apt-cache knows no linux-image-amd64 in bookworm-backports")
 }
 
 /// Runs the stress benchmark in fresh test hosts, for each setup, and prints the

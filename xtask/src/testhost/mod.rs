@@ -460,13 +460,19 @@ pub fn backports_qemu() -> Result<String> {
 /// The test host's default kernel package: the versioned image package behind
 /// `linux-image-amd64` (the generic flavour: the `cloud` one has no 9p).
 pub fn kernel_package() -> Result<String> {
-    let out = Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output()?;
+    kernel_package_in("linux-image-amd64").context("apt-cache does not know linux-image-amd64; run `apt-get update`")
+}
+
+/// The versioned image package `meta` (`linux-image-amd64`, optionally `/suite`)
+/// depends on.
+pub fn kernel_package_in(meta: &str) -> Result<String> {
+    let out = Command::new("apt-cache").args(["depends", meta]).output()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
         .map(str::to_owned)
-        .context("apt-cache does not know linux-image-amd64; run `apt-get update`")
+        .with_context(|| format!("apt-cache knows no kernel package behind {meta}"))
 }
 
 fn package_version(package: &str) -> Result<String> {
