@@ -81,17 +81,8 @@ fn run_brig(dir: &Scratch) -> Result<Sample> {
 
 fn run_qemu(cid: u32) -> Result<Sample> {
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem"])
-        .args(["-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", &format!("{MEMORY_MIB}M")])
-        .args(["-object", &format!("memory-backend-memfd,id=mem,size={MEMORY_MIB}M")])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "null"])
-        .arg("-kernel")
-        .arg(brig_tests::artifact("BRIG_GUEST_KERNEL"))
-        .arg("-initrd")
-        .arg(brig_tests::artifact("BRIG_GUEST_INITRAMFS"))
-        .args(["-append", "console=ttyS0 quiet reboot=k panic=-1"])
-        .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}"), "-device", "virtio-rng-device"])
+    let mut child = brig_tests::vm::qemu_microvm(MEMORY_MIB, cid)
+        .args(["-serial", "null"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

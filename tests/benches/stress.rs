@@ -99,19 +99,9 @@ fn start(vmm: Vmm, dir: &Scratch, round: usize, index: usize, parallel: usize) -
 }
 
 fn qemu(dir: &std::path::Path, cid: u32, stderr: std::fs::File) -> Result<Child> {
-    Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem"])
-        .args(["-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", &format!("{MEMORY_MIB}M")])
-        .args(["-object", &format!("memory-backend-memfd,id=mem,size={MEMORY_MIB}M")])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+    brig_tests::vm::qemu_microvm(u64::from(MEMORY_MIB), cid)
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))
-        .arg("-kernel")
-        .arg(brig_tests::artifact("BRIG_GUEST_KERNEL"))
-        .arg("-initrd")
-        .arg(brig_tests::artifact("BRIG_GUEST_INITRAMFS"))
-        .args(["-append", "console=ttyS0 quiet reboot=k panic=-1"])
-        .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}"), "-device", "virtio-rng-device"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -208,6 +208,25 @@ impl Drop for TestVm {
 }
 
 /// Firecracker's hybrid vsock handshake (`brig_vmm_api::vsock`), as an anyhow result.
+/// The peer VMM of the benchmarks: Debian's `qemu-system-x86_64 -M microvm` booting
+/// brig's guest kernel and initramfs as brig-vmm does (1 vCPU, memfd memory, vsock
+/// through vhost-vsock at `cid`, virtio-rng), exiting at a guest reset. The caller adds
+/// `-serial` and the standard streams.
+pub fn qemu_microvm(memory_mib: u64, cid: u32) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm,x-option-roms=off,rtc=off,acpi=off,memory-backend=mem"])
+        .args(["-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", &format!("{memory_mib}M")])
+        .args(["-object", &format!("memory-backend-memfd,id=mem,size={memory_mib}M")])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(crate::artifact("BRIG_GUEST_KERNEL"))
+        .arg("-initrd")
+        .arg(crate::artifact("BRIG_GUEST_INITRAMFS"))
+        .args(["-append", "console=ttyS0 quiet reboot=k panic=-1"])
+        .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}"), "-device", "virtio-rng-device"]);
+    cmd
+}
+
 pub fn hybrid_connect(uds: &Path, port: u32) -> Result<UnixStream> {
     Ok(brig_vmm_api::vsock::connect(uds, port, Duration::from_secs(10))?)
 }
