@@ -62,7 +62,7 @@ pub enum BuildError {
     Bus(#[from] BusError),
     #[error("cannot create the console file {path}")]
     Console { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the rng source /dev/urandom")]
+    #[error("the host's CSPRNG (getrandom) does not answer, so there is no entropy for virtio-rng")]
     Rng(#[source] std::io::Error),
     #[error("cannot bind the control socket {path}")]
     Api { path: PathBuf, source: std::io::Error },

@@ -10,6 +10,8 @@
 //! - [`event_loop`], [`vmm`]: the running VM; [`api`]: its control socket;
 //! - [`snapshot`]: versioned, checksummed state files;
 //! - [`logging`], [`metrics`]: a bounded log, rate-limited lines for what a guest triggers;
+//! - [`seccomp`]: when each thread installs its seccomp filter (the filters are
+//!   `brig_policy::seccomp`'s, docs/seccomp.md);
 //! - [`builder`]: the one construction path.
 
 pub mod api;
@@ -17,6 +19,8 @@ pub mod arch;
 pub mod builder;
 pub use brig_vmm_api::config;
 pub mod devices;
+#[cfg(feature = "escape-test")]
+pub mod escape;
 pub mod event_loop;
 pub mod events;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -25,6 +29,7 @@ pub mod kvm;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod vcpu;

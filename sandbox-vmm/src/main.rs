@@ -3,13 +3,15 @@
 //!
 //! Exit status: 0 guest reset/power-off or `shutdown` request; 1 the VM could not
 //! be started (the message says why); 2 guest kernel panic; 3 a vCPU failed;
-//! 128+N stopped by signal N.
+//! 31 a thread made a system call its seccomp filter denies (the message names the
+//! call and the thread, docs/seccomp.md); 128+N stopped by signal N.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use brig_vmm::builder;
 use brig_vmm::config::{BlockConfig, BootConfig, MachineConfig, VmConfig, VsockConfig};
+use brig_vmm::seccomp::{install_sigsys_handler, Seccomp};
 use brig_vmm::vmm::{error_chain, ExitReason};
 use clap::Parser;
 
@@ -55,12 +57,24 @@ struct Cli {
     #[arg(long, value_name = "LEVEL", default_value = "warn",
           value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
+    /// Run without the per-thread seccomp filters (development only; logs a warning).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test builds only: try one escape from one thread kind (sandbox-vmm/src/escape.rs).
+    #[cfg(feature = "escape-test")]
+    #[arg(long, value_name = "ATTEMPT@THREAD")]
+    escape_test: Option<String>,
 }
 
 const EXIT_CODES: &str = "\
 Exit status: 0 guest reset/power-off or `shutdown` request; 1 the VM could not be
-started (the message says why); 2 guest kernel panic; 3 a vCPU failed; 128+N stopped
-by signal N.";
+started (the message says why); 2 guest kernel panic; 3 a vCPU failed; 31 a thread
+made a system call its seccomp filter denies (the message names the call and the
+thread); 128+N stopped by signal N.";
+
+/// The exit status when a seccomp filter denied a system call (docs/seccomp.md): none
+/// of the others, and not 128+N, so it cannot be taken for a signal.
+const EXIT_SECCOMP_DENIED: u8 = 31;
 
 fn main() -> ExitCode {
     // Everything brig-vmm creates (its sockets above all, between bind and chmod) is
@@ -78,6 +92,12 @@ fn main() -> ExitCode {
         }
     };
     let log_level = cli.log_level.clone();
+    let no_seccomp = cli.no_seccomp;
+    #[cfg(feature = "escape-test")]
+    if let Some(Err(message)) = cli.escape_test.as_deref().map(brig_vmm::escape::request) {
+        eprintln!("brig-vmm: {message}");
+        return ExitCode::from(1);
+    }
     let config = match cli.into_config() {
         Ok(config) => config,
         Err(message) => {
@@ -87,6 +107,16 @@ fn main() -> ExitCode {
     };
     // The configured level is the level: RUST_LOG does not override it.
     brig_vmm::logging::init(&log_level);
+    let seccomp = if no_seccomp {
+        log::warn!("--no-seccomp: brig-vmm runs without its seccomp filters; for development only");
+        Seccomp::Off
+    } else {
+        if let Err(e) = install_sigsys_handler(EXIT_SECCOMP_DENIED) {
+            eprintln!("brig-vmm: cannot install the SIGSYS handler: {e}");
+            return ExitCode::from(1);
+        }
+        Seccomp::Enforce
+    };
     let vmm = match builder::build(config) {
         Ok(vmm) => vmm,
         Err(e) => {
@@ -94,7 +124,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = match vmm.run() {
+    let outcome = match vmm.run(seccomp) {
         Ok(outcome) => outcome,
         Err(e) => {
             eprintln!("brig-vmm: {}", error_chain(&e));
@@ -240,6 +270,7 @@ mod tests {
             "--rng",
             "--api-socket",
             "--log-level",
+            "--no-seccomp",
         ] {
             assert!(help.contains(flag), "{flag} missing from:\n{help}");
         }

@@ -20,6 +20,7 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::event_loop::DeviceEvents;
 use crate::events::{EventReceiver, EventSender, VmEvent};
 use crate::metrics;
+use crate::seccomp::{Seccomp, SeccompError, ThreadKind};
 use crate::signals::SignalFd;
 use crate::snapshot::{self, MachineState};
 use crate::vcpu::{self, Request as VcpuRequest, Response as VcpuResponse, Vcpu, VcpuHandle};
@@ -45,6 +46,8 @@ pub enum VmmError {
     Epoll(#[source] std::io::Error),
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
+    #[error("cannot confine the main thread")]
+    Confine(#[source] SeccompError),
 }
 
 /// Why the VM ended.
@@ -115,8 +118,9 @@ struct Running {
 }
 
 impl Vmm {
-    /// Starts the vCPUs and runs until the VM ends.
-    pub fn run(mut self) -> Result<Outcome, VmmError> {
+    /// Starts the vCPUs and runs until the VM ends. With `seccomp` on, every vCPU thread
+    /// and then this thread install their filters (docs/seccomp.md).
+    pub fn run(mut self, seccomp: Seccomp) -> Result<Outcome, VmmError> {
         let epoll = Epoll::new().map_err(VmmError::Epoll)?;
         let add = |fd: RawFd, token: u64| {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token)).map_err(VmmError::Epoll)
@@ -131,15 +135,20 @@ impl Vmm {
         let (responses_tx, responses): (Sender<VcpuResponse>, _) = std::sync::mpsc::channel();
         let mut handles = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {
-            let handle =
-                vcpu.start(self.io_bus.clone(), self.mmio_bus.clone(), self.events_tx.clone(), responses_tx.clone());
-            match handle {
+            let (io_bus, mmio_bus, events) = (self.io_bus.clone(), self.mmio_bus.clone(), self.events_tx.clone());
+            match vcpu.start(io_bus, mmio_bus, events, responses_tx.clone(), seccomp) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     stop_vcpus(&mut handles, &responses);
                     return Err(e.into());
                 }
             }
+        }
+        // Every thread is running: this one confines itself now, for the event loop and
+        // the teardown. Its filter has no clone, so no thread can start after this.
+        if let Err(e) = seccomp.confine(ThreadKind::Main) {
+            stop_vcpus(&mut handles, &responses);
+            return Err(VmmError::Confine(e));
         }
         let mut running = Running {
             vmm: self,

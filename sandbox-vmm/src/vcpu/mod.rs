@@ -21,7 +21,7 @@
 mod state;
 
 use std::cell::Cell;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -37,6 +37,7 @@ use crate::devices::bus::Bus;
 use crate::events::{EventSender, VmEvent};
 use crate::guest_warn;
 use crate::metrics::METRICS;
+use crate::seccomp::{Seccomp, SeccompError, ThreadKind};
 
 /// The signal that kicks a vCPU out of `KVM_RUN`.
 fn kick_signal() -> i32 {
@@ -55,6 +56,10 @@ pub enum VcpuError {
     Signal(#[source] vmm_sys_util::errno::Error),
     #[error("cannot start the thread for vCPU {0}")]
     Spawn(u8, #[source] std::io::Error),
+    #[error("cannot confine vCPU {0}'s thread")]
+    Confine(u8, #[source] SeccompError),
+    #[error("vCPU {0}'s thread ended before it could run")]
+    Vanished(u8),
 }
 
 thread_local! {
@@ -135,24 +140,44 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU's thread.
+    /// Starts the vCPU's thread, which installs its seccomp filter (unless `seccomp` is
+    /// off) before anything else, and returns once it has.
     pub fn start(
         self,
         io_bus: Arc<Bus>,
         mmio_bus: Arc<Bus>,
         events: EventSender,
         responses: Sender<Response>,
+        seccomp: Seccomp,
     ) -> Result<VcpuHandle, VcpuError> {
         let index = self.index;
         let (tx, rx) = channel();
+        let (confined_tx, confined) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                let mut run = RunLoop { vcpu: self, io_bus, mmio_bus, events, requests: rx, responses };
-                run.run();
+                // Before the guest runs or reaches a device: from here on, the filter.
+                let result = seccomp.confine(ThreadKind::Vcpu);
+                let ok = result.is_ok();
+                let _ = confined_tx.send(result);
+                if ok {
+                    let mut run = RunLoop { vcpu: self, io_bus, mmio_bus, events, requests: rx, responses };
+                    run.run();
+                }
             })
             .map_err(|e| VcpuError::Spawn(index, e))?;
-        Ok(VcpuHandle { index, requests: tx, thread: Some(thread) })
+        let mut handle = VcpuHandle { index, requests: tx, thread: Some(thread) };
+        match confined.recv() {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => {
+                handle.join();
+                Err(VcpuError::Confine(index, e))
+            }
+            Err(_) => {
+                handle.join();
+                Err(VcpuError::Vanished(index))
+            }
+        }
     }
 }
 
@@ -322,4 +347,12 @@ fn handle_exit(index: u8, exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus, even
         }
     }
     Flow::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_main_threads_filter_lets_it_kick() {
+        assert_eq!(super::kick_signal(), brig_policy::seccomp::kick_signal());
+    }
 }

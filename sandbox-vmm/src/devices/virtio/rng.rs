@@ -1,7 +1,7 @@
-//! virtio-rng: fills the guest's buffers from the host's `/dev/urandom`.
+//! virtio-rng: fills the guest's buffers from the host kernel's CSPRNG (`getrandom(2)`:
+//! no file to open, so nothing for the jail to hold).
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::RawFd;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -21,23 +21,46 @@ const MAX_REQUEST: usize = 64 << 10;
 
 #[derive(Debug)]
 pub struct Rng {
-    source: File,
     active: Option<SingleQueue>,
 }
 
 impl Rng {
-    /// Opens the entropy source now (before any jail hides `/dev`).
+    /// Checks that the host's CSPRNG answers, so a VM never starts with an rng that cannot.
     pub fn new() -> std::io::Result<Rng> {
-        Ok(Rng { source: File::open("/dev/urandom")?, active: None })
+        getrandom(&mut [0u8; 16])?;
+        Ok(Rng { active: None })
     }
 }
 
+/// Fills `buf` from `getrandom(2)`. Not the getrandom crate: on Linux it finds the
+/// call through `dlsym`, which the static brig-vmm lacks, and falls back to
+/// `/dev/urandom`, which its jail does not hold.
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, which is a
+        // live, writable slice of that length for the duration of the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match n {
+            n if n > 0 => filled += n as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Fills one request; returns the bytes written.
-fn fill(source: &mut File, buf: &mut [u8], mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+fn fill(buf: &mut [u8], mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
     match chain.writer(mem) {
         Ok(mut writer) => {
             let n = writer.available_bytes().min(buf.len());
-            if source.read_exact(&mut buf[..n]).is_ok() && writer.write_all(&buf[..n]).is_ok() {
+            if getrandom(&mut buf[..n]).is_ok() && writer.write_all(&buf[..n]).is_ok() {
                 METRICS.rng_bytes.add(n as u64);
                 n as u32
             } else {
@@ -77,10 +100,9 @@ impl VirtioDevice for Rng {
     }
 
     fn on_event(&mut self, fd: RawFd, _events: EventSet, _ops: &EventOps) {
-        let source = &mut self.source;
         if let Some(queue) = self.active.as_mut().filter(|q| q.take_notification(fd)) {
             let mut buf = vec![0u8; MAX_REQUEST];
-            queue.process(|mem, chain| fill(source, &mut buf, mem, chain));
+            queue.process(|mem, chain| fill(&mut buf, mem, chain));
         }
     }
 
