@@ -10,10 +10,18 @@
 //! default_memory_mib = 128
 //! log_level = "info"
 //! # kernel_cmdline_extra = "…"   (none by default)
+//! jail = true
+//! jailer = "/usr/local/bin/brig-jailer"
+//! jail_uid_first = 200000
+//! jail_uid_count = 65536
+//! jail_cgroup_parent = "brig"
+//! jail_landlock = "require"
+//! vmm_memory_overhead_mib = 64
 //! ```
 
 use std::path::{Path, PathBuf};
 
+use brig_policy::jail::LandlockMode;
 use serde::{Deserialize, Serialize};
 
 /// Where the shim looks unless `BRIG_CONFIG` names another file.
@@ -54,6 +62,23 @@ pub struct Config {
     /// Kernel parameters added after brig's own (`console=ttyS0 quiet`): for a test
     /// initramfs's switches, or a guest kernel option. None by default.
     pub kernel_cmdline_extra: Option<String>,
+    /// Every brig-vmm runs in its jail (docs/jail.md); `false` is for development
+    /// only, and warned about at every start.
+    pub jail: bool,
+    /// The brig-jailer binary.
+    pub jailer: PathBuf,
+    /// Jails take their uid (and the same gid) from `jail_uid_first` onwards,
+    /// `jail_uid_count` of them; no host user or group may be in the range.
+    pub jail_uid_first: u32,
+    pub jail_uid_count: u32,
+    /// The cgroup (below /sys/fs/cgroup) that sandboxes' cgroups are made in.
+    pub jail_cgroup_parent: String,
+    /// `require` (the kernel must enforce Landlock) or `best-effort`.
+    pub jail_landlock: LandlockMode,
+    /// Host memory a jailed brig-vmm may use beyond guest memory (its cgroup's
+    /// `memory.max` is the sum): its own heap, stacks and page tables, and the
+    /// page cache of its images.
+    pub vmm_memory_overhead_mib: u64,
 }
 
 impl Default for Config {
@@ -70,6 +95,13 @@ impl Default for Config {
             agent_timeout_secs: 60,
             log_level: "info".into(),
             kernel_cmdline_extra: None,
+            jail: true,
+            jailer: PathBuf::from("/usr/local/bin/brig-jailer"),
+            jail_uid_first: 200_000,
+            jail_uid_count: 65_536,
+            jail_cgroup_parent: "brig".into(),
+            jail_landlock: LandlockMode::Require,
+            vmm_memory_overhead_mib: 64,
         }
     }
 }
@@ -105,12 +137,31 @@ impl Config {
                 return invalid("kernel_cmdline_extra must be one line of kernel parameters".into());
             }
         }
+        let plain =
+            Path::new(&self.jail_cgroup_parent).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if self.jail_cgroup_parent.is_empty() || !plain {
+            return invalid(format!(
+                "jail_cgroup_parent {:?} must be a relative cgroup path like \"brig\"",
+                self.jail_cgroup_parent
+            ));
+        }
+        if self.jail_uid_first == 0
+            || self.jail_uid_count == 0
+            || self.jail_uid_first.checked_add(self.jail_uid_count).is_none()
+        {
+            return invalid(format!(
+                "jail_uid_first {} / jail_uid_count {}: the range must be non-empty, above 0, and fit in 32 bits",
+                self.jail_uid_first, self.jail_uid_count
+            ));
+        }
         Ok(())
     }
 
     /// The files a VM needs, checked before starting one (the message says how to fix it).
     pub fn check_installed(&self) -> Result<(), String> {
-        for (what, path) in [("guest kernel", &self.kernel), ("initramfs", &self.initramfs), ("brig-vmm", &self.vmm)] {
+        let jailer = self.jail.then_some(("brig-jailer", &self.jailer));
+        let needed = [("guest kernel", &self.kernel), ("initramfs", &self.initramfs), ("brig-vmm", &self.vmm)];
+        for (what, path) in needed.into_iter().chain(jailer) {
             if !path.is_file() {
                 return Err(format!(
                     "the {what} {} is missing: run `cargo xtask install`, or set it in {DEFAULT_PATH}",

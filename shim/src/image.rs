@@ -103,6 +103,8 @@ pub fn prepare(
     match key {
         Some(CacheKey { key, sources }) => {
             std::fs::create_dir_all(cache_dir).map_err(ShimError::io(format!("creating {}", cache_dir.display())))?;
+            std::fs::set_permissions(cache_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(ShimError::io(format!("chmod 0700 {}", cache_dir.display())))?;
             collect_garbage(cache_dir);
             let path = cache_dir.join(format!("{key}.ext4"));
             let lock = File::create(cache_dir.join(format!("{key}.lock"))).map_err(ShimError::io("image lock"))?;
@@ -180,6 +182,10 @@ fn build(rootfs: &Path, image: &Path) -> Result<(), ShimError> {
     let inodes = entries * 2 + 1024;
     let file = File::create(image).map_err(ShimError::io(format!("creating {}", image.display())))?;
     file.set_len(size_mib << 20).map_err(ShimError::io("sizing the image"))?;
+    // Readable by a jailed brig-vmm's own uid through its bind mount; the cache and
+    // task directories above it are root's alone (0700), so no one else reaches it.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(ShimError::io("chmod the image"))?;
     drop(file);
     let output = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-m", "0", "-N", &inodes.to_string(), "-d"])

@@ -11,6 +11,7 @@ pub mod files;
 pub mod guest;
 pub mod image;
 pub mod io;
+pub mod jail;
 pub mod sandbox;
 pub mod service;
 pub mod spec;

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error::ShimError;
 use crate::files;
 use crate::guest::{AgentGuest, Guest};
+use crate::jail::{self, Jail, Layout, VmPaths};
 
 /// Guest CID of every brig VM (each VM has its own vsock device).
 const GUEST_CID: u64 = 3;
@@ -39,6 +40,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct Size {
     pub vcpus: u8,
     pub memory_mib: u64,
+    /// The spec's CPU quota and period (µs), for the jail's `cpu.max`.
+    pub cpu_max: Option<(u64, u64)>,
 }
 
 /// A running VM.
@@ -47,7 +50,10 @@ pub struct Sandbox {
     pub vmm_pid: u32,
     /// The agent; callers reach it as a [`Guest`] through [`Sandbox::guest`].
     agent: Arc<AgentGuest>,
-    vsock: PathBuf,
+    /// Where brig-vmm's sockets and console are (host side).
+    layout: Layout,
+    /// The jail's uid lease and cgroup (`None` with `jail = false`).
+    jail: Option<Jail>,
     /// `Some(exit code)` once brig-vmm has exited.
     exited: watch::Receiver<Option<i32>>,
     stopping: std::sync::atomic::AtomicBool,
@@ -66,26 +72,28 @@ fn ctx(timeout: Duration) -> context::Context {
 /// How long the vsock handshake and brig-vmm's control socket get to answer.
 const VMM_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// brig-vmm's configuration (`vm.json`, read by `brig-vmm --config`).
-pub fn vm_config(config: &Config, dir: &Path, size: Size, rootfs_image: &Path) -> VmConfig {
+/// brig-vmm's configuration (`vm.json`, read by `brig-vmm --config`), with the
+/// paths brig-vmm sees (inside its jail, when it has one).
+pub fn vm_config(config: &Config, paths: &VmPaths, size: Size) -> VmConfig {
     VmConfig {
         machine: MachineConfig { vcpus: size.vcpus, memory_mib: size.memory_mib },
         boot: BootConfig {
-            kernel: config.kernel.clone(),
-            initramfs: Some(config.initramfs.clone()),
+            kernel: paths.kernel.clone(),
+            initramfs: Some(paths.initramfs.clone()),
             // brig-vmm's cmdline replaces its default: keep the default, then add.
             cmdline: config.kernel_cmdline_extra.as_ref().map(|extra| format!("{DEFAULT_CMDLINE} {extra}")),
         },
-        console: Some(dir.join("console.log")),
-        vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: dir.join("vsock.sock") }),
-        block: vec![BlockConfig {
-            path: rootfs_image.to_path_buf(),
-            read_only: true,
-            serial: Some(ROOTFS_SERIAL.into()),
-        }],
+        console: Some(paths.console.clone()),
+        vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: paths.vsock.clone() }),
+        block: vec![BlockConfig { path: paths.rootfs.clone(), read_only: true, serial: Some(ROOTFS_SERIAL.into()) }],
         rng: true,
-        api_socket: Some(dir.join("api.sock")),
+        api_socket: Some(paths.api.clone()),
     }
+}
+
+/// brig-vmm's arguments for `vm_json` (a path as brig-vmm sees it).
+fn vmm_args(config: &Config, vm_json: &Path) -> Vec<String> {
+    vec!["--config".into(), vm_json.to_string_lossy().into_owned(), "--log-level".into(), config.log_level.clone()]
 }
 
 /// The variables brig-vmm gets from the shim's environment; it starts with a
@@ -99,7 +107,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// [`VMM_ENV`] (stdio and spawning are the caller's).
 pub fn vmm_command(config: &Config, vm_json: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(&config.vmm);
-    cmd.arg("--config").arg(vm_json).args(["--log-level", &config.log_level]).env_clear();
+    cmd.args(vmm_args(config, vm_json)).env_clear();
     for name in VMM_ENV {
         if let Some(value) = std::env::var_os(name) {
             cmd.env(name, value);
@@ -112,8 +120,8 @@ pub fn vmm_command(config: &Config, vm_json: &Path) -> std::process::Command {
 }
 
 /// The last lines of the guest console, for error messages.
-pub fn console_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+pub fn console_tail(console: &Path) -> String {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
@@ -126,61 +134,50 @@ impl Sandbox {
         size: Size,
         rootfs_image: &Path,
     ) -> Result<Arc<Sandbox>, ShimError> {
-        let vm_json = dir.join("vm.json");
-        let body = serde_json::to_vec_pretty(&vm_config(config, dir, size, rootfs_image))
+        let layout = Layout::new(config, dir, rootfs_image);
+        let body = serde_json::to_vec_pretty(&vm_config(config, &layout.vm, size))
             .map_err(|e| ShimError::Internal(format!("encoding vm.json: {e}")))?;
-        files::write_private(&vm_json, body)?;
-        let log = files::private_file(&dir.join("vmm.log"))?;
-        let mut child = tokio::process::Command::from(vmm_command(config, &vm_json))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(ShimError::io(format!("starting {}", config.vmm.display())))?;
-        let vmm_pid = child.id().unwrap_or(0);
-        files::write_private(&dir.join("vmm.pid"), vmm_pid.to_string())?;
-
-        let (tx, exited) = watch::channel(None);
-        tokio::spawn(async move {
-            let code = match child.wait().await {
-                Ok(status) => status.code().unwrap_or(128 + status_signal(&status)),
-                Err(_) => 255,
-            };
-            let _ = tx.send(Some(code));
-        });
-
-        let vsock = dir.join("vsock.sock");
-        let deadline = Instant::now() + Duration::from_secs(config.agent_timeout_secs);
-        let agent = loop {
-            if let Some(code) = *exited.borrow() {
-                return Err(ShimError::Unavailable(format!(
-                    "brig-vmm exited ({code}) before the guest agent answered: {}\nconsole:\n{}",
-                    std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default().trim(),
-                    console_tail(dir)
-                )));
+        files::write_private(&dir.join("vm.json"), body)?;
+        let (command, jail) = if config.jail {
+            let (command, jail) = jail::prepare(config, dir, size, rootfs_image, vmm_args(config, &layout.vm.vm_json))?;
+            (command, Some(jail))
+        } else {
+            log::warn!("brig-vmm runs WITHOUT its jail (jail = false in the config): for development only");
+            (vmm_command(config, &layout.vm.vm_json), None)
+        };
+        let started = spawn(config, dir, command).await;
+        let (exited, vmm_pid) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                if let Some(jail) = &jail {
+                    jail.release();
+                }
+                return Err(e);
             }
-            if Instant::now() > deadline {
+        };
+        let ready = match files::write_private(&dir.join("vmm.pid"), vmm_pid.to_string()) {
+            Ok(()) => wait_for_agent(config, dir, &layout, &exited).await,
+            Err(e) => Err(e.into()),
+        };
+        let agent = match ready {
+            Ok(agent) => agent,
+            Err(e) => {
+                // Nothing of the VM outlives a failed start: brig-vmm, its cgroup, its uid.
                 kill(vmm_pid);
-                return Err(ShimError::DeadlineExceeded(format!(
-                    "the guest agent did not answer within {}s (agent_timeout_secs); console:\n{}",
-                    config.agent_timeout_secs,
-                    console_tail(dir)
-                )));
+                let mut exited = exited.clone();
+                let _ = tokio::time::timeout(STOP_GRACE, exited.wait_for(Option::is_some)).await;
+                if let Some(jail) = &jail {
+                    jail.release();
+                }
+                return Err(e);
             }
-            // Each attempt ends by the deadline: a VMM that accepts for a guest that never
-            // answers cannot hold Create past agent_timeout_secs.
-            let attempt = deadline.saturating_duration_since(Instant::now()).min(VMM_ANSWER_TIMEOUT);
-            if let Ok(agent) = connect_agent(&vsock, attempt).await {
-                break agent;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let sandbox = Sandbox {
             dir: dir.to_path_buf(),
             vmm_pid,
             agent: Arc::new(AgentGuest::new(agent)),
-            vsock,
+            layout,
+            jail,
             exited,
             stopping: std::sync::atomic::AtomicBool::new(false),
         };
@@ -217,7 +214,7 @@ impl Sandbox {
 
     /// Opens one stdio stream of a guest process (blocking socket, for copy threads).
     pub async fn attach(&self, container_id: &str, exec_id: &str, stream: Stream) -> Result<StdUnixStream, ShimError> {
-        let vsock = self.vsock.clone();
+        let vsock = self.layout.vsock.clone();
         let header = Header { container_id: container_id.into(), exec_id: exec_id.into(), stream };
         tokio::task::spawn_blocking(move || attach_blocking(&vsock, &header))
             .await
@@ -226,7 +223,7 @@ impl Sandbox {
 
     /// brig-vmm's control socket (docs/control-socket.md), version checked.
     pub async fn control(&self) -> Result<AsyncClient, ShimError> {
-        AsyncClient::connect(&self.dir.join("api.sock"), VMM_ANSWER_TIMEOUT).await.map_err(ShimError::from)
+        AsyncClient::connect(&self.layout.api, VMM_ANSWER_TIMEOUT).await.map_err(ShimError::from)
     }
 
     /// Powers the guest off through the agent; if it does not go, tells brig-vmm to
@@ -240,9 +237,17 @@ impl Sandbox {
             }
         }
         // A killed VMM cannot remove its sockets.
-        for name in ["vsock.sock", "api.sock"] {
-            let _ = std::fs::remove_file(self.dir.join(name));
+        for socket in [&self.layout.vsock, &self.layout.api] {
+            let _ = std::fs::remove_file(socket);
         }
+        if let Some(jail) = &self.jail {
+            jail.release();
+        }
+    }
+
+    /// The guest console's last lines.
+    pub fn console_tail(&self) -> String {
+        console_tail(&self.layout.console)
     }
 }
 
@@ -260,6 +265,99 @@ impl Sandbox {
         }
         kill(self.vmm_pid);
         let _ = tokio::time::timeout(STOP_GRACE, self.wait_exit()).await;
+    }
+}
+
+/// brig-vmm's (and brig-jailer's) exit codes that say more than a number: see
+/// `brig-vmm --help` and docs/seccomp.md.
+pub fn exit_meaning(code: i32) -> Option<&'static str> {
+    match code {
+        1 => Some("the VM (or its jail) could not be started"),
+        2 => Some("the guest kernel panicked"),
+        3 => Some("a vCPU failed"),
+        31 => Some("a brig-vmm thread made a system call its seccomp filter denies (vmm.log names it)"),
+        137 => Some("brig-vmm was SIGKILLed"),
+        _ => None,
+    }
+}
+
+/// How long brig-jailer may take to report brig-vmm's pid.
+const JAILER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts `command` (brig-vmm, or brig-jailer running it) with its stderr in
+/// `vmm.log`; returns a watch on its exit code and brig-vmm's pid (with a jail,
+/// the pid brig-jailer prints as `pid N`).
+async fn spawn(
+    config: &Config,
+    dir: &Path,
+    command: std::process::Command,
+) -> Result<(watch::Receiver<Option<i32>>, u32), ShimError> {
+    let log = files::private_file(&dir.join("vmm.log"))?;
+    let program = command.get_program().to_owned();
+    let mut child = tokio::process::Command::from(command)
+        .stdin(Stdio::null())
+        .stdout(if config.jail { Stdio::piped() } else { Stdio::null() })
+        .stderr(log)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(ShimError::io(format!("starting {}", Path::new(&program).display())))?;
+    let jailer_out = child.stdout.take();
+    let (tx, exited) = watch::channel(None);
+    let own_pid = child.id().unwrap_or(0);
+    tokio::spawn(async move {
+        let code = match child.wait().await {
+            Ok(status) => status.code().unwrap_or(128 + status_signal(&status)),
+            Err(_) => 255,
+        };
+        let _ = tx.send(Some(code));
+    });
+    let Some(out) = jailer_out else { return Ok((exited, own_pid)) };
+    let mut line = String::new();
+    let mut out = tokio::io::BufReader::new(out);
+    let read = tokio::time::timeout(JAILER_TIMEOUT, tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)).await;
+    match line.trim().strip_prefix("pid ").and_then(|pid| pid.parse::<u32>().ok()) {
+        Some(pid) if read.is_ok() => Ok((exited, pid)),
+        _ => {
+            kill(own_pid);
+            Err(ShimError::FailedPrecondition(format!(
+                "brig-jailer could not start brig-vmm: {}",
+                std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default().trim()
+            )))
+        }
+    }
+}
+
+/// Connects to the guest agent, until brig-vmm exits or `agent_timeout_secs` pass.
+async fn wait_for_agent(
+    config: &Config,
+    dir: &Path,
+    layout: &Layout,
+    exited: &watch::Receiver<Option<i32>>,
+) -> Result<AgentClient, ShimError> {
+    let deadline = Instant::now() + Duration::from_secs(config.agent_timeout_secs);
+    loop {
+        if let Some(code) = *exited.borrow() {
+            return Err(ShimError::Unavailable(format!(
+                "brig-vmm exited ({code}{}) before the guest agent answered: {}\nconsole:\n{}",
+                exit_meaning(code).map(|m| format!(": {m}")).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default().trim(),
+                console_tail(&layout.console)
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(ShimError::DeadlineExceeded(format!(
+                "the guest agent did not answer within {}s (agent_timeout_secs); console:\n{}",
+                config.agent_timeout_secs,
+                console_tail(&layout.console)
+            )));
+        }
+        // Each attempt ends by the deadline: a VMM that accepts for a guest that never
+        // answers cannot hold Create past agent_timeout_secs.
+        let attempt = deadline.saturating_duration_since(Instant::now()).min(VMM_ANSWER_TIMEOUT);
+        if let Ok(agent) = connect_agent(&layout.vsock, attempt).await {
+            return Ok(agent);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -366,7 +464,9 @@ mod tests {
     #[test]
     fn the_vm_gets_the_rootfs_read_only_and_its_own_sockets() {
         let config = Config::default();
-        let vm = vm_config(&config, Path::new("/run/brig/x"), Size { vcpus: 2, memory_mib: 192 }, Path::new("/img"));
+        let open = Config { jail: false, ..config.clone() };
+        let layout = Layout::new(&open, Path::new("/run/brig/x"), Path::new("/img"));
+        let vm = vm_config(&config, &layout.vm, Size { vcpus: 2, memory_mib: 192, cpu_max: None });
         assert_eq!(vm.machine, MachineConfig { vcpus: 2, memory_mib: 192 });
         assert_eq!(vm.block, vec![BlockConfig { path: "/img".into(), read_only: true, serial: Some("rootfs".into()) }]);
         assert_eq!(vm.vsock.expect("vsock").uds_path, Path::new("/run/brig/x/vsock.sock"));
@@ -375,10 +475,11 @@ mod tests {
 
     #[test]
     fn extra_kernel_parameters_follow_brigs_own() {
-        let plain = vm_config(&Config::default(), Path::new("/d"), Size { vcpus: 1, memory_mib: 128 }, Path::new("/i"));
+        let paths = Layout::new(&Config::default(), Path::new("/d"), Path::new("/i")).vm;
+        let plain = vm_config(&Config::default(), &paths, Size { vcpus: 1, memory_mib: 128, cpu_max: None });
         assert_eq!(plain.boot.cmdline, None, "brig-vmm's default");
         let config = Config { kernel_cmdline_extra: Some("hostile.mode=silent".into()), ..Config::default() };
-        let vm = vm_config(&config, Path::new("/d"), Size { vcpus: 1, memory_mib: 128 }, Path::new("/i"));
+        let vm = vm_config(&config, &paths, Size { vcpus: 1, memory_mib: 128, cpu_max: None });
         assert_eq!(vm.boot.cmdline.as_deref(), Some("console=ttyS0 quiet hostile.mode=silent"));
         assert!(vm.boot.base_cmdline().ends_with("hostile.mode=silent reboot=k panic=-1"));
     }

@@ -58,6 +58,7 @@ impl Shim for Service {
         if let Some(pid) = sandbox::kill_recorded(&dir) {
             log::warn!("killed brig-vmm {pid} left behind by the shim of {}", self.id);
         }
+        crate::jail::release_recorded(&config, &dir);
         if let Ok(bundle) = std::env::current_dir() {
             image::unmount_rootfs(&bundle);
         }

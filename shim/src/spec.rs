@@ -77,10 +77,11 @@ pub fn vm_size(spec: &Spec, config: &Config) -> Result<Size, ShimError> {
         .filter(|limit| *limit > 0)
         .map_or(config.default_memory_mib, |limit| (limit as u64).div_ceil(1 << 20) + config.memory_overhead_mib);
     let cpu = resources.and_then(|r| r.cpu().as_ref());
-    let from_quota = match (cpu.and_then(|c| c.quota()), cpu.and_then(|c| c.period())) {
-        (Some(quota), Some(period)) if quota > 0 && period > 0 => Some((quota as u64).div_ceil(period)),
+    let cpu_max = match (cpu.and_then(|c| c.quota()), cpu.and_then(|c| c.period())) {
+        (Some(quota), Some(period)) if quota > 0 && period > 0 => Some((quota as u64, period)),
         _ => None,
     };
+    let from_quota = cpu_max.map(|(quota, period)| quota.div_ceil(period));
     let from_cpuset = match cpu.and_then(|c| c.cpus().as_deref()) {
         Some(list) => cpuset_count(list).map_err(|why| {
             ShimError::InvalidArgument(format!("linux.resources.cpu.cpus {list:?} is not a CPU list like 0-3,6: {why}"))
@@ -88,7 +89,7 @@ pub fn vm_size(spec: &Spec, config: &Config) -> Result<Size, ShimError> {
         None => None,
     };
     let vcpus = from_quota.or(from_cpuset).unwrap_or(u64::from(config.default_vcpus)).clamp(1, MAX_VCPUS);
-    Ok(Size { vcpus: vcpus as u8, memory_mib: memory_mib.max(64) })
+    Ok(Size { vcpus: vcpus as u8, memory_mib: memory_mib.max(64), cpu_max })
 }
 
 /// CPUs in a cpuset list like `0-3,6` (`None` for an empty list).

@@ -68,7 +68,11 @@ pub fn watch_vm(events: Arc<dyn Publisher>, container: Arc<Container>) {
         if container.vm().is_stopping() {
             return;
         }
-        log::error!("brig-vmm of task {} exited unexpectedly ({code})", container.id);
+        log::error!(
+            "brig-vmm of task {} exited unexpectedly ({code}{})",
+            container.id,
+            crate::sandbox::exit_meaning(code).map(|m| format!(": {m}")).unwrap_or_default()
+        );
         let exit = Exit::now(VM_DIED_STATUS);
         for proc in container.processes() {
             report_exit(events.as_ref(), &container, &proc, exit.clone()).await;

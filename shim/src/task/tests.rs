@@ -384,7 +384,8 @@ impl Harness {
         let config = Config {
             kernel: exe.clone(),
             initramfs: exe.clone(),
-            vmm: exe,
+            vmm: exe.clone(),
+            jailer: exe,
             state_dir: root.join("state"),
             image_dir: root.join("images"),
             ..Config::default()
