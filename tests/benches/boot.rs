@@ -1,5 +1,6 @@
-//! Benchmark: brig-vmm and Debian's `qemu-system-x86_64 -M microvm`, booting the
-//! same guest kernel and initramfs (brig-agent as init), side by side.
+//! Benchmark: brig-vmm (plain, and in its jail as the shim runs it) and Debian's
+//! `qemu-system-x86_64 -M microvm`, booting the same guest kernel and initramfs
+//! (brig-agent as init), side by side.
 //!
 //! For each: time from process start to the agent's first `Ping` answer, and the
 //! VMM's resident memory beyond guest memory (RssAnon + RssFile; guest RAM is a
@@ -32,8 +33,14 @@ fn ping(fd: OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// Polls until the agent answers, then samples the VMM's memory.
-fn wait_ready(child: &mut Child, start: Instant, mut try_connect: impl FnMut() -> Result<OwnedFd>) -> Result<Sample> {
+/// Polls until the agent answers, then samples the memory of the VMM `vmm` (the
+/// child itself, or the brig-vmm a jailer runs).
+fn wait_ready(
+    child: &mut Child,
+    vmm: u32,
+    start: Instant,
+    mut try_connect: impl FnMut() -> Result<OwnedFd>,
+) -> Result<Sample> {
     loop {
         if let Some(status) = child.try_wait()? {
             bail!("the VMM exited early: {status}");
@@ -45,7 +52,7 @@ fn wait_ready(child: &mut Child, start: Instant, mut try_connect: impl FnMut() -
             if ping(fd).is_ok() {
                 let ready = start.elapsed();
                 std::thread::sleep(Duration::from_millis(200)); // let the guest settle before sampling
-                return Ok(Sample { ready, rss_kib: brig_tests::proc::memory(child.id()).own_kib });
+                return Ok(Sample { ready, rss_kib: brig_tests::proc::memory(vmm).own_kib });
             }
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -74,8 +81,23 @@ fn run_brig(dir: &Scratch) -> Result<Sample> {
         .stderr(Stdio::null())
         .spawn()
         .context("start brig-vmm")?;
-    let sample = wait_ready(&mut child, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
+    let pid = child.id();
+    let sample = wait_ready(&mut child, pid, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
     stop(child);
+    sample
+}
+
+/// brig-vmm in the jail the shim gives it (brig-jailer, the shim's spec but for the
+/// rootfs disk, which a bare boot has none of).
+fn run_brig_jailed(dir: &Scratch, run: usize) -> Result<Sample> {
+    let vmm = brig_tests::artifact("BRIG_VMM_BIN");
+    let spec = brig_tests::jail::bare_spec(dir.path(), &format!("boot-{run}"), 310_000 + run as u32, vmm, &[]);
+    let start = Instant::now();
+    let mut jailed = brig_tests::jail::start(spec, Stdio::null())?;
+    let vsock = jailed.vsock();
+    let sample =
+        wait_ready(&mut jailed.jailer, jailed.vmm_pid, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
+    jailed.remove()?;
     sample
 }
 
@@ -88,7 +110,8 @@ fn run_qemu(cid: u32) -> Result<Sample> {
         .stderr(Stdio::null())
         .spawn()
         .context("start qemu-system-x86_64")?;
-    let sample = wait_ready(&mut child, start, || {
+    let pid = child.id();
+    let sample = wait_ready(&mut child, pid, start, || {
         let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
         connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(cid, 1024))?;
         Ok(fd)
@@ -117,13 +140,16 @@ fn report(name: &str, samples: &[Sample]) {
 fn main() -> Result<()> {
     let runs: usize = std::env::var("BRIG_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
     let dir = Scratch::new("bench-boot");
-    let (mut brig, mut qemu) = (Vec::new(), Vec::new());
-    // Interleaved, so drift in the (shared, noisy) machine affects both alike.
+    let (mut brig, mut jailed, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved, so drift in the (shared, noisy) machine affects all alike.
     for run in 0..runs {
         brig.push(run_brig(&dir)?);
+        jailed.push(run_brig_jailed(&dir, run)?);
         qemu.push(run_qemu(100 + run as u32)?);
     }
     report("brig-vmm", &brig);
+    report("brig-vmm in its jail", &jailed);
     report("qemu -M microvm", &qemu);
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/brig-tests");
     Ok(())
 }

@@ -283,6 +283,9 @@ pub struct Leftovers {
     pub vmm_processes: Vec<String>,
     pub shim_processes: Vec<String>,
     pub task_dirs: Vec<String>,
+    /// Jail uid leases (`/run/brig/uids/<uid>`) and sandbox cgroups (`/sys/fs/cgroup/brig/*`).
+    pub jail_uids: Vec<String>,
+    pub cgroups: Vec<String>,
     pub rootfs_mounts: Vec<String>,
     pub private_images: Vec<String>,
 }
@@ -293,17 +296,23 @@ pub fn leftovers() -> Leftovers {
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
-        if argv0.ends_with("brig-vmm") {
+        if argv0.ends_with("brig-vmm") || argv0.ends_with("brig-jailer") {
             found.vmm_processes.push(format!("{} {argv0}", entry.file_name().to_string_lossy()));
         }
         if argv0.ends_with("containerd-shim-brig-v2") {
             found.shim_processes.push(format!("{} {argv0}", entry.file_name().to_string_lossy()));
         }
     }
-    found.task_dirs = std::fs::read_dir("/run/brig")
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path().display().to_string()).collect()
+    };
+    found.task_dirs = names("/run/brig").into_iter().filter(|d| d != "/run/brig/uids").collect();
+    found.jail_uids = names("/run/brig/uids");
+    found.cgroups = std::fs::read_dir("/sys/fs/cgroup/brig")
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| e.path().is_dir())
         .map(|e| e.path().display().to_string())
         .collect();
     found.rootfs_mounts = std::fs::read_to_string("/proc/mounts")
@@ -329,7 +338,7 @@ pub fn assert_no_leftovers(context: &str) {
     }
 }
 
-fn wait_for_no_leftovers() -> Result<(), Leftovers> {
+fn wait_for_no_leftovers() -> Result<(), Box<Leftovers>> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let found = leftovers();
@@ -337,7 +346,7 @@ fn wait_for_no_leftovers() -> Result<(), Leftovers> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(found);
+            return Err(Box::new(found));
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -10,6 +10,7 @@
 
 pub mod container;
 pub mod containerd;
+pub mod jail;
 pub mod oci;
 pub mod proc;
 pub mod ring0;

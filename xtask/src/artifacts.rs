@@ -6,7 +6,9 @@
 //! | `BRIG_GUEST_KERNEL`   | the guest vmlinux (cached by config hash)         |
 //! | `BRIG_GUEST_INITRAMFS`| the initramfs around the static brig-agent        |
 //! | `BRIG_AGENT_BIN`      | the static brig-agent                             |
-//! | `BRIG_VMM_BIN`        | brig-vmm (release build)                          |
+//! | `BRIG_VMM_BIN`        | brig-vmm (release build, static: its jail has no libc) |
+//! | `BRIG_JAILER_BIN`     | brig-jailer (release build)                       |
+//! | `BRIG_VMM_ESCAPE_BIN` | test-only static brig-vmm with `--escape-test` (feature `escape-test`) |
 //! | `BRIG_PROBE_INITRAMFS`| test-only initramfs whose init is brig-guest-probe|
 //! | `BRIG_HOSTILE_INITRAMFS`| test-only initramfs whose init is brig-hostile-agent |
 //! | `BRIG_OCI_CHECK_BIN`  | the static brig-oci-check (OCI conformance tests) |
@@ -33,6 +35,8 @@ pub struct Artifacts {
     pub initramfs: PathBuf,
     pub agent: PathBuf,
     pub vmm: PathBuf,
+    pub jailer: PathBuf,
+    pub vmm_escape: PathBuf,
     pub probe_initramfs: PathBuf,
     pub hostile_initramfs: PathBuf,
     pub oci_check: PathBuf,
@@ -51,6 +55,8 @@ impl Artifacts {
             ("BRIG_GUEST_INITRAMFS".into(), s(&self.initramfs)),
             ("BRIG_AGENT_BIN".into(), s(&self.agent)),
             ("BRIG_VMM_BIN".into(), s(&self.vmm)),
+            ("BRIG_JAILER_BIN".into(), s(&self.jailer)),
+            ("BRIG_VMM_ESCAPE_BIN".into(), s(&self.vmm_escape)),
             ("BRIG_PROBE_INITRAMFS".into(), s(&self.probe_initramfs)),
             ("BRIG_HOSTILE_INITRAMFS".into(), s(&self.hostile_initramfs)),
             ("BRIG_OCI_CHECK_BIN".into(), s(&self.oci_check)),
@@ -72,6 +78,13 @@ pub fn build() -> Result<Artifacts> {
     let oci_check = build_static("brig-oci-check", "brig-oci-check")?;
     let out = crate::workspace_root().join("target").join("brig");
     std::fs::create_dir_all(&out)?;
+    // The jail's escape tests' brig-vmm, built first and copied aside: the release
+    // one below overwrites its output and must be the one without the feature.
+    let vmm_escape = out.join("brig-vmm-escape");
+    let escape = build_static_with("sandbox-vmm", "brig-vmm", &["--features", "escape-test"])?;
+    std::fs::copy(&escape, &vmm_escape).with_context(|| format!("copying {}", escape.display()))?;
+    // Static like the agent: the jail holds brig-vmm's binary and no libc.
+    let vmm = build_static("sandbox-vmm", "brig-vmm")?;
     let initramfs = out.join("initramfs.cpio");
     initramfs::build(&agent, &initramfs)?;
     let probe_initramfs = out.join("probe-initramfs.cpio");
@@ -82,15 +95,15 @@ pub fn build() -> Result<Artifacts> {
     let oci_image = out.join("busybox-oci.tar");
     image::oci_image_layout(&out.join("test-rootfs"), &oci_image, OCI_IMAGE_REF)?;
     cargo::run(
-        "build brig-vmm and the shim",
+        "build brig-jailer and the shim",
         &[
             "build",
             "--release",
             "--quiet",
             "-p",
-            "sandbox-vmm",
+            "brig-policy",
             "--bin",
-            "brig-vmm",
+            "brig-jailer",
             "-p",
             "brig-shim",
             "--bin",
@@ -102,7 +115,9 @@ pub fn build() -> Result<Artifacts> {
         kernel: kernel.vmlinux,
         initramfs,
         agent,
-        vmm: release.join("brig-vmm"),
+        vmm,
+        jailer: release.join("brig-jailer"),
+        vmm_escape,
         shim: release.join("containerd-shim-brig-v2"),
         oci_image,
         probe_initramfs,
@@ -128,10 +143,17 @@ fn test_rootfs_image(out: &Path, probe: &Path, checker: &Path) -> Result<PathBuf
     Ok(path)
 }
 
-/// A statically linked guest binary (`+crt-static`: the guest has no libc).
+/// A statically linked binary (`+crt-static`): for the guest, which has no libc,
+/// and brig-vmm, whose jail has none either.
 fn build_static(package: &str, bin: &str) -> Result<PathBuf> {
+    build_static_with(package, bin, &[])
+}
+
+/// [`build_static`] with more cargo arguments (`--features …`).
+fn build_static_with(package: &str, bin: &str, extra: &[&str]) -> Result<PathBuf> {
     let status = cargo::cargo()
         .args(["build", "--release", "--quiet", "-p", package, "--bin", bin, "--target", TARGET])
+        .args(extra)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .status()
         .with_context(|| format!("starting cargo to build {bin}"))?;

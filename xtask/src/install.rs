@@ -3,7 +3,7 @@
 //!
 //! | what | where |
 //! |---|---|
-//! | `containerd-shim-brig-v2`, `brig-vmm` | `PREFIX/bin` (containerd finds shims on its `PATH`) |
+//! | `containerd-shim-brig-v2`, `brig-vmm` (static), `brig-jailer` | `PREFIX/bin` (containerd finds shims on its `PATH`) |
 //! | guest `vmlinux`, `initramfs.cpio` | `PREFIX/share/brig` |
 //! | `config.toml` (only if none exists) | `/etc/brig` |
 //!
@@ -22,6 +22,7 @@ const CONFIG_DIR: &str = "/etc/brig";
 pub struct Sources {
     pub shim: PathBuf,
     pub vmm: PathBuf,
+    pub jailer: PathBuf,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
 }
@@ -36,6 +37,7 @@ impl Sources {
         Ok(Sources {
             shim: var("BRIG_SHIM_BIN")?,
             vmm: var("BRIG_VMM_BIN")?,
+            jailer: var("BRIG_JAILER_BIN")?,
             kernel: var("BRIG_GUEST_KERNEL")?,
             initramfs: var("BRIG_GUEST_INITRAMFS")?,
         })
@@ -59,7 +61,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let sources = if build {
         apt::ensure(apt::BASE)?;
         let built = artifacts::build()?;
-        Sources { shim: built.shim, vmm: built.vmm, kernel: built.kernel, initramfs: built.initramfs }
+        Sources {
+            shim: built.shim,
+            vmm: built.vmm,
+            jailer: built.jailer,
+            kernel: built.kernel,
+            initramfs: built.initramfs,
+        }
     } else {
         Sources::from_env()?
     };
@@ -87,6 +95,7 @@ pub fn install(sources: &Sources, prefix: &Path, config_dir: &Path) -> Result<()
     let share = prefix.join("share/brig");
     copy(&sources.shim, &bin.join("containerd-shim-brig-v2"), 0o755)?;
     copy(&sources.vmm, &bin.join("brig-vmm"), 0o755)?;
+    copy(&sources.jailer, &bin.join("brig-jailer"), 0o755)?;
     copy(&sources.kernel, &share.join("vmlinux"), 0o644)?;
     copy(&sources.initramfs, &share.join("initramfs.cpio"), 0o644)?;
     let config = config_dir.join("config.toml");
@@ -96,10 +105,12 @@ pub fn install(sources: &Sources, prefix: &Path, config_dir: &Path) -> Result<()
         std::fs::create_dir_all(config_dir)?;
         let text = format!(
             "# brig's runtime configuration (see shim/src/config.rs for every field)\n\
-             kernel = \"{}\"\ninitramfs = \"{}\"\nvmm = \"{}\"\ndefault_vcpus = 1\ndefault_memory_mib = 128\nlog_level = \"info\"\n",
+             kernel = \"{}\"\ninitramfs = \"{}\"\nvmm = \"{}\"\njailer = \"{}\"\ndefault_vcpus = 1\ndefault_memory_mib = 128\n\
+             log_level = \"info\"\n",
             share.join("vmlinux").display(),
             share.join("initramfs.cpio").display(),
-            bin.join("brig-vmm").display()
+            bin.join("brig-vmm").display(),
+            bin.join("brig-jailer").display()
         );
         std::fs::write(&config, text)?;
         println!("  {}", config.display());
@@ -120,12 +131,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("brig-install-{}", std::process::id()));
         let src = dir.join("src");
         std::fs::create_dir_all(&src).expect("dir");
-        for name in ["shim", "vmm", "vmlinux", "initramfs"] {
+        for name in ["shim", "vmm", "jailer", "vmlinux", "initramfs"] {
             std::fs::write(src.join(name), name).expect("write");
         }
         let sources = Sources {
             shim: src.join("shim"),
             vmm: src.join("vmm"),
+            jailer: src.join("jailer"),
             kernel: src.join("vmlinux"),
             initramfs: src.join("initramfs"),
         };
@@ -135,6 +147,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(prefix.join("share/brig/vmlinux")).expect("kernel"), "vmlinux");
         let config = std::fs::read_to_string(config_dir.join("config.toml")).expect("config");
         assert!(config.contains(&format!("vmm = \"{}\"", prefix.join("bin/brig-vmm").display())), "{config}");
+        assert!(config.contains(&format!("jailer = \"{}\"", prefix.join("bin/brig-jailer").display())), "{config}");
+        assert_eq!(std::fs::read_to_string(prefix.join("bin/brig-jailer")).expect("jailer"), "jailer");
         std::fs::write(config_dir.join("config.toml"), "default_vcpus = 4\n").expect("edit");
         install(&sources, &prefix, &config_dir).expect("again");
         assert_eq!(std::fs::read_to_string(config_dir.join("config.toml")).expect("config"), "default_vcpus = 4\n");

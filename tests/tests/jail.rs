@@ -1,0 +1,253 @@
+//! The jail around brig-vmm, through real containerd: every thread's posture after
+//! boot, pause/resume, save-state and under vsock and blk traffic; the files,
+//! namespaces, cgroup and descriptors it has; and nothing left after it.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use brig_tests::containerd::{describe, Containerd};
+use brig_vmm_api::client::Client;
+
+/// What a jail root holds (seen through `/proc/<pid>/root`).
+const JAIL_ENTRIES: [&str; 8] = ["brig-vmm", "dev", "images", "initramfs.cpio", "proc", "state", "vm.json", "vmlinux"];
+
+fn status_field(status: &str, name: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default()
+}
+
+/// The task directory (`/run/brig/<digest>`) whose `vmm.pid` is `pid`.
+fn task_dir_of(pid: u32) -> PathBuf {
+    std::fs::read_dir("/run/brig")
+        .expect("/run/brig")
+        .flatten()
+        .map(|e| e.path())
+        .find(|dir| std::fs::read_to_string(dir.join("vmm.pid")).is_ok_and(|p| p.trim() == pid.to_string()))
+        .unwrap_or_else(|| {
+            let recorded: Vec<String> = std::fs::read_dir("/run/brig")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| format!("{}: {:?}", e.path().display(), std::fs::read_to_string(e.path().join("vmm.pid"))))
+                .collect();
+            panic!("no task directory records brig-vmm {pid}: {recorded:#?}")
+        })
+}
+
+/// Checks everything the issue asks of a jailed brig-vmm, for every thread.
+fn assert_jailed(pid: u32, when: &str) {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let threads: Vec<PathBuf> =
+        std::fs::read_dir(proc.join("task")).expect("threads").flatten().map(|e| e.path()).collect();
+    assert!(threads.len() >= 2, "{when}: brig-vmm has a main and a vCPU thread: {threads:?}");
+    for thread in &threads {
+        let status = std::fs::read_to_string(thread.join("status")).expect("status");
+        let name = status_field(&status, "Name:");
+        let what = format!("{when}: thread {} ({name})", thread.display());
+        assert_eq!(status_field(&status, "Seccomp:"), "2", "{what}: seccomp filter mode\n{status}");
+        assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{what}\n{status}");
+        for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(status_field(&status, set), "0000000000000000", "{what}: {set}\n{status}");
+        }
+        for ids in ["Uid:", "Gid:"] {
+            let values = status_field(&status, ids);
+            assert!(values.split_whitespace().all(|id| id != "0"), "{what}: {ids} {values}");
+        }
+    }
+    // Its root is the jail: exactly what this VM needs.
+    let mut root: Vec<String> = std::fs::read_dir(proc.join("root"))
+        .expect("/proc/<pid>/root")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    assert_eq!(root, JAIL_ENTRIES, "{when}: the jail's root");
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        let own = std::fs::read_link(proc.join("ns").join(ns)).expect("ns");
+        let host = std::fs::read_link(Path::new("/proc/self/ns").join(ns)).expect("host ns");
+        assert_ne!(own, host, "{when}: brig-vmm shares the host's {ns} namespace");
+    }
+    // Its cgroup is the sandbox's, with the limits.
+    let cgroup = std::fs::read_to_string(proc.join("cgroup")).expect("cgroup");
+    let path = cgroup.trim().strip_prefix("0::").expect("cgroup v2").to_owned();
+    assert!(path.starts_with("/brig/"), "{when}: cgroup {path}");
+    let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let memory_max: u64 =
+        std::fs::read_to_string(dir.join("memory.max")).expect("memory.max").trim().parse().expect("a number");
+    assert_eq!(memory_max, (128 + 64) << 20, "{when}: guest memory (128 MiB) plus brig-vmm's overhead (64 MiB)");
+    let pids_max = std::fs::read_to_string(dir.join("pids.max")).expect("pids.max");
+    assert_eq!(pids_max.trim(), "9", "{when}: 1 vCPU + 8");
+    // Its descriptors: its own files, KVM's, sockets and stderr; nothing of containerd or the
+    // shim. Files are compared by device and inode: their paths read differently across
+    // mount namespaces.
+    let task_dir = task_dir_of(pid);
+    let spec = brig_policy::jail::JailSpec::from_file(&task_dir.join("jail.json")).expect("jail.json");
+    let mut own: Vec<PathBuf> = spec.files.iter().map(|f| f.host.clone()).collect();
+    own.extend([task_dir.join("vmm.log"), task_dir.join("jail/state/console.log"), task_dir.join("jail/dev/kvm")]);
+    own.push("/dev/null".into());
+    let id = |path: &Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    let allowed: Vec<(u64, u64)> = own.iter().filter_map(|p| id(p)).collect();
+    for fd in std::fs::read_dir(proc.join("fd")).expect("fds").flatten() {
+        let target = std::fs::read_link(fd.path()).map(|t| t.display().to_string()).unwrap_or_default();
+        let expected = target.starts_with("anon_inode:")
+            || target.starts_with("socket:[")
+            || target.starts_with("/memfd:")
+            || id(&fd.path()).is_some_and(|file| allowed.contains(&file));
+        assert!(
+            expected,
+            "{when}: brig-vmm holds fd {} → {target}, not one of {own:?}",
+            fd.file_name().to_string_lossy()
+        );
+    }
+    // Its sockets are only its own (listening in its jail).
+    let unix = std::fs::read_to_string(proc.join("net/unix")).expect("net/unix");
+    for line in unix.lines().skip(1) {
+        if let Some(path) = line.split_whitespace().nth(7) {
+            assert!(path.starts_with("/state/"), "{when}: a socket outside the jail's state: {line}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn every_brig_vmm_thread_is_jailed_through_its_life() {
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    let pid = containerd.run_idle("jailed");
+    assert_jailed(pid, "after boot");
+
+    // vsock and blk traffic: exec output through the agent, a read through the rootfs disk.
+    let out = containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "traffic",
+        "jailed",
+        "sh",
+        "-c",
+        "cat /bin/busybox | md5sum; seq 1 20000",
+    ]);
+    containerd.assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("20000"), "{}", describe(&out));
+    assert_jailed(pid, "after vsock and blk traffic");
+
+    containerd.assert_ok(&containerd.ctr(&["task", "pause", "jailed"]));
+    containerd.wait_for_status("jailed", "PAUSED");
+    assert_jailed(pid, "paused");
+    let api = task_dir_of(pid).join("jail/state/api.sock");
+    let mut control = Client::connect(&api, Duration::from_secs(5)).expect("brig-vmm's control socket");
+    // The VM itself paused (ctr's pause freezes the container inside the guest).
+    control.pause().expect("pause the vCPUs");
+    let saved = control.save_state(Path::new("/state/saved.bin")).expect("save-state inside the jail");
+    assert!(saved.bytes > 0, "{saved:?}");
+    assert!(task_dir_of(pid).join("jail/state/saved.bin").is_file(), "the state file is in the jail's state/");
+    let refused = control.save_state(Path::new("/vm.json")).expect_err("a file outside /state");
+    assert!(!refused.to_string().is_empty());
+    assert_jailed(pid, "after save-state");
+    control.resume().expect("resume the vCPUs");
+    containerd.assert_ok(&containerd.ctr(&["task", "resume", "jailed"]));
+    containerd.wait_for_status("jailed", "RUNNING");
+    assert_jailed(pid, "resumed");
+
+    containerd.assert_ok(&containerd.kill_and_delete("jailed"));
+    containerd.assert_no_leftovers("a jailed task");
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn a_sigkilled_jailed_vmm_leaves_no_cgroup_uid_or_jail() {
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    let pid = containerd.run_idle("killed");
+    let dir = task_dir_of(pid);
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    containerd.wait_for_status("killed", "STOPPED");
+    containerd.assert_ok(&containerd.ctr(&["task", "rm", "killed"]));
+    containerd.assert_ok(&containerd.ctr(&["container", "rm", "killed"]));
+    containerd.assert_no_leftovers("a SIGKILLed jailed brig-vmm");
+    assert!(!dir.exists(), "{} is left", dir.display());
+    let leaf = Path::new("/sys/fs/cgroup").join(cgroup.trim().trim_start_matches("0::/"));
+    assert!(!leaf.exists(), "{} is left", leaf.display());
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn a_host_without_what_the_jail_needs_gets_a_clear_error() {
+    brig_tests::require_kvm_host();
+    // A uid range over a host user (root's group is gid 0; `daemon` is 1).
+    let containerd = Containerd::start_with_brig_config("jail_uid_first = 1\njail_uid_count = 10\n");
+    let out = containerd.run_with(&["--rm"], "badrange", &["true"]);
+    assert!(!out.status.success());
+    let text = format!("{}{}", describe(&out), containerd.log());
+    assert!(text.contains("jail uid range 1-10") && text.contains("jail_uid_first"), "{text}");
+    containerd.assert_no_leftovers("a refused uid range");
+}
+
+/// What stopped one simulated escape.
+fn stopped_by(attempt: &str, thread: &str, seccomp: bool) -> String {
+    let dir = brig_tests::scratch::Scratch::new("escape");
+    let mut extra = vec!["--escape-test".to_owned(), format!("{attempt}@{thread}")];
+    if !seccomp {
+        extra.push("--no-seccomp".into());
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let name = format!("escape-{attempt}-{thread}-{}", if seccomp { "s" } else { "n" });
+    let exec = brig_tests::artifact("BRIG_VMM_ESCAPE_BIN");
+    let spec = brig_tests::jail::bare_spec(dir.path(), &name, 320_000, exec, &extra);
+    let log = dir.join("stderr");
+    let file = std::fs::File::create(&log).expect("stderr file");
+    let mut jailed = brig_tests::jail::start(spec, file.into()).expect("brig-jailer");
+    let status = jailed.jailer.wait().expect("wait");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    jailed.remove().expect("remove the jail");
+    let what = format!("{attempt} on the {thread} thread{}", if seccomp { "" } else { " (--no-seccomp)" });
+    assert!(!text.contains("ALLOWED"), "{what} was allowed:\n{text}");
+    if seccomp && status.code() == Some(31) && text.contains("seccomp denied") {
+        return "seccomp".into();
+    }
+    let errno = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("escape-test: {attempt} on {thread}: denied: ")))
+        .unwrap_or_else(|| panic!("{what}: no report ({status}):\n{text}"))
+        .to_owned();
+    let errno = errno.split(':').next().unwrap_or_default().to_owned();
+    let layer = match errno.as_str() {
+        "ENOENT" => "the jail's root (nothing of the host is there)",
+        "EACCES" => "Landlock / file ownership",
+        "EROFS" => "a read-only bind mount",
+        "EPERM" => "no capabilities",
+        "ENETUNREACH" | "EADDRNOTAVAIL" => "the empty network namespace",
+        "ESRCH" => "the PID namespace",
+        other => panic!("{what}: failed with {other}, which no layer of the jail explains:\n{text}"),
+    };
+    format!("{layer} ({errno})")
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn simulated_escapes_from_every_thread_kind_are_stopped_and_the_layer_named() {
+    brig_tests::require_kvm_host();
+    let mut report = Vec::new();
+    for thread in ["main", "vcpu"] {
+        for attempt in sandbox_vmm_escape_attempts() {
+            let first = stopped_by(attempt, thread, true);
+            let behind = stopped_by(attempt, thread, false);
+            report.push(format!("{attempt:<20} {thread:<5} {first:<12} then {behind}"));
+        }
+    }
+    println!("simulated escape      thread stopped by   and without seccomp by\n{}", report.join("\n"));
+    // seccomp alone must stop what the jail's other layers would let through.
+    for must in ["execve-shell", "ptrace", "mount", "inet-socket"] {
+        assert!(
+            report.iter().filter(|l| l.starts_with(must)).all(|l| l.contains(" seccomp ")),
+            "{must} is not stopped by seccomp on every thread:\n{}",
+            report.join("\n")
+        );
+    }
+}
+
+/// The attempts brig-vmm's `--escape-test` knows (sandbox-vmm/src/escape.rs).
+fn sandbox_vmm_escape_attempts() -> [&'static str; 7] {
+    ["open-host-file", "connect-containerd", "execve-shell", "ptrace", "mount", "inet-socket", "write-outside-state"]
+}
