@@ -240,13 +240,16 @@ pub fn run(spec: &JailSpec) -> Result<i32, JailError> {
 
 /// The child side, in the new PID namespace: never returns unless the jail could
 /// not be built.
-fn jail_and_exec(spec: &JailSpec) -> JailError {
+fn jail_and_exec(spec: &JailSpec, alive: &std::os::fd::OwnedFd) -> JailError {
     let jailed = (|| -> Result<std::convert::Infallible, JailError> {
         mounts::enter_namespaces(spec)?;
         mounts::build_and_pivot(spec)?;
         privileges::limit(&spec.rlimits)?;
         let enforced = landlock::restrict(spec)?;
         privileges::drop_all(spec.uid, spec.gid)?;
+        // Changing ids cleared the parent-death signal: set it again. `alive` is
+        // close-on-exec, so brig-vmm does not inherit it.
+        privileges::die_with_parent(alive)?;
         eprintln!("brig-jailer: {}: jailed as {}:{}; {enforced}", spec.id, spec.uid, spec.gid);
         privileges::exec(spec)
     })();

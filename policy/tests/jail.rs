@@ -130,7 +130,7 @@ fn landlock_stops_writes_outside_state_where_the_kernel_has_it() {
         );
     }
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Landlock: kernel ABI"), "the enforced ABI is logged:\n{out}");
+    assert!(out.contains("Landlock: ABI") && out.contains("enforced in full"), "the enforced ABI is logged:\n{out}");
     // /state is the uid's own directory: only Landlock stops these there.
     assert!(out.contains("ls: can't open '/': Permission denied"), "{out}");
     for denied in ["NO-MKDIR", "NO-SYMLINK", "NO-MKNOD"] {
@@ -178,6 +178,17 @@ fn a_kill_of_the_jailer_takes_the_jailed_process_with_it() {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("pid line");
     let pid: i32 = line.trim().strip_prefix("pid ").and_then(|p| p.parse().ok()).expect("pid");
+    // Wait until the jailed process runs as its own uid (the id change clears the
+    // parent-death signal, which the jailer must set again before exec).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status.lines().any(|l| l.starts_with("Uid:") && l.contains("424242")) && status.contains("Name:\tsleep") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the jailed process never ran sleep:\n{status}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     child.kill().expect("SIGKILL the jailer");
     child.wait().expect("wait");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -99,6 +99,11 @@ fn assert_jailed(pid: u32, when: &str) {
             fd.file_name().to_string_lossy()
         );
     }
+    // Landlock: the jailer logs what the kernel enforces (the test host's 6.1: ABI 2, in full).
+    let log = std::fs::read_to_string(task_dir.join("vmm.log")).expect("vmm.log");
+    let abi =
+        log.split("Landlock: ABI ").nth(1).and_then(|rest| rest.split(' ').next()).and_then(|n| n.parse::<u32>().ok());
+    assert!(abi.is_some_and(|abi| abi >= 2) && log.contains("enforced in full"), "{when}: Landlock in vmm.log:\n{log}");
     // Its sockets are only its own (listening in its jail).
     let unix = std::fs::read_to_string(proc.join("net/unix")).expect("net/unix");
     for line in unix.lines().skip(1) {

@@ -97,9 +97,13 @@ pub fn restrict(spec: &JailSpec) -> Result<String, JailError> {
             )))
         }
         (RulesetStatus::NotEnforced, _, _) | (_, None, _) => Ok("Landlock: not enforced by this kernel".into()),
-        (enforced, Some(abi), _) => Ok(format!(
-            "Landlock: kernel ABI {}, brig's rules (up to ABI {}) {enforced:?}",
-            abi as i32, TARGET_ABI as i32
+        // Best effort drops exactly the rights of ABIs newer than the kernel's.
+        (_, Some(abi), _) if abi >= TARGET_ABI => Ok(format!("Landlock: ABI {} enforced in full", TARGET_ABI as i32)),
+        (_, Some(abi), _) => Ok(format!(
+            "Landlock: ABI {} enforced in full (every right this kernel has; those of ABI {}-{} need a newer kernel)",
+            abi as i32,
+            abi as i32 + 1,
+            TARGET_ABI as i32
         )),
     }
 }

@@ -30,11 +30,11 @@ pub fn supervise(spec: &JailSpec) -> Result<i32, JailError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(JailError::nix("unshare(PID namespace)"))?;
     // The parent holds `alive`'s write end until it exits: the child sees it gone
     // as a hang-up (getppid() is 0 across PID namespaces either way).
-    let alive = nix::unistd::pipe().map_err(JailError::nix("pipe"))?;
+    let alive = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(JailError::nix("pipe"))?;
     let child = match crate::sys::fork_single_threaded().map_err(JailError::nix("fork"))? {
         ForkResult::Child => {
             drop(alive.1);
-            let e = child_start(alive.0, &signals).err().unwrap_or_else(|| super::jail_and_exec(spec));
+            let e = child_start(&alive.0, &signals).err().unwrap_or_else(|| super::jail_and_exec(spec, &alive.0));
             eprintln!("brig-jailer: {}: {e}", spec.id);
             std::process::exit(super::EXIT_JAIL_FAILED);
         }
@@ -61,17 +61,23 @@ pub fn supervise(spec: &JailSpec) -> Result<i32, JailError> {
 }
 
 /// First thing in the child: die with the parent, and take signals again.
-fn child_start(alive: std::os::fd::OwnedFd, signals: &SigSet) -> Result<(), JailError> {
+fn child_start(alive: &std::os::fd::OwnedFd, signals: &SigSet) -> Result<(), JailError> {
+    die_with_parent(alive)?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(signals), None)
+        .map_err(JailError::nix("unblocking signals"))?;
+    Ok(())
+}
+
+/// `PR_SET_PDEATHSIG` = SIGKILL, then checks the parent (the holder of `alive`'s write
+/// end) did not die before it. Called again after the uid/gid change, which clears
+/// the parent-death signal.
+pub fn die_with_parent(alive: &std::os::fd::OwnedFd) -> Result<(), JailError> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(JailError::nix("PR_SET_PDEATHSIG"))?;
-    // The parent may have died before the line above: then nobody would stop us.
-    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&alive), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(alive), PollFlags::POLLIN)];
     if poll(&mut fds, PollTimeout::ZERO).map_err(JailError::nix("poll"))? > 0 {
         return Err(JailError::Prerequisite("the jailer's parent is gone".into()));
     }
-    drop(alive);
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(signals), None)
-        .map_err(JailError::nix("unblocking signals"))?;
     Ok(())
 }
 
