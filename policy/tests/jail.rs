@@ -46,8 +46,9 @@ fn spec(dir: &Path, script: &str) -> JailSpec {
     }
 }
 
-/// Runs brig-jailer on `spec`; returns (exit code, the jailed pid, stderr).
-fn jail(dir: &Path, spec: &JailSpec) -> (i32, u32, String) {
+/// Starts brig-jailer on `spec` (written to `dir/jail.json`); returns it and the
+/// jailed pid of its `pid N` line (0 when it printed none).
+fn start(dir: &Path, spec: &JailSpec, stderr: Stdio) -> (std::process::Child, u32) {
     let path = dir.join("jail.json");
     std::fs::write(&path, serde_json::to_vec(spec).expect("json")).expect("spec");
     let mut child = Command::new(env!("CARGO_BIN_EXE_brig-jailer"))
@@ -55,12 +56,18 @@ fn jail(dir: &Path, spec: &JailSpec) -> (i32, u32, String) {
         .arg(&path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("start brig-jailer");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("pid line");
     let pid = line.trim().strip_prefix("pid ").and_then(|p| p.parse().ok()).unwrap_or(0);
+    (child, pid)
+}
+
+/// Runs brig-jailer on `spec`; returns (exit code, the jailed pid, stderr).
+fn jail(dir: &Path, spec: &JailSpec) -> (i32, u32, String) {
+    let (mut child, pid) = start(dir, spec, Stdio::piped());
     let mut err = String::new();
     child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
     let status = child.wait().expect("wait");
@@ -165,19 +172,8 @@ fn bad_specs_are_refused_before_anything_is_made() {
 fn a_kill_of_the_jailer_takes_the_jailed_process_with_it() {
     let dir = scratch("kill");
     let spec = spec(&dir.0, "sleep 60");
-    let path = dir.0.join("jail.json");
-    std::fs::write(&path, serde_json::to_vec(&spec).expect("json")).expect("spec");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_brig-jailer"))
-        .arg("--spec")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("pid line");
-    let pid: i32 = line.trim().strip_prefix("pid ").and_then(|p| p.parse().ok()).expect("pid");
+    let (mut child, pid) = start(&dir.0, &spec, Stdio::null());
+    assert!(pid > 1, "brig-jailer reports the jailed pid");
     // Wait until the jailed process runs as its own uid (the id change clears the
     // parent-death signal, which the jailer must set again before exec).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
