@@ -32,8 +32,19 @@ pub use self::landlock::LandlockMode;
 pub const JAIL_STATE: &str = "/state";
 /// The name of the state directory inside the jail root, seen from the host.
 pub const STATE_DIR_NAME: &str = "state";
-/// brig-jailer's exit code when it could not build the jail (the message says why).
-pub const EXIT_JAIL_FAILED: i32 = 1;
+/// brig-jailer's exit code when it could not build the jail (the message says
+/// why); brig-vmm's own codes are 1-3 and 31.
+pub const EXIT_JAIL_FAILED: i32 = 30;
+
+/// brig-jailer's first line on stdout, once brig-vmm is forked: `pid N`, its host pid.
+pub fn pid_line(pid: impl std::fmt::Display) -> String {
+    format!("pid {pid}")
+}
+
+/// The pid in brig-jailer's `pid N` line.
+pub fn parse_pid_line(line: &str) -> Option<u32> {
+    line.trim().strip_prefix("pid ")?.parse().ok().filter(|pid| *pid > 0)
+}
 
 /// Everything brig-jailer needs to jail one brig-vmm: written by the shim as
 /// `jail.json`, read by `brig-jailer --spec`.
@@ -242,11 +253,13 @@ pub fn run(spec: &JailSpec) -> Result<i32, JailError> {
 /// not be built.
 fn jail_and_exec(spec: &JailSpec, alive: &std::os::fd::OwnedFd) -> JailError {
     let jailed = (|| -> Result<std::convert::Infallible, JailError> {
+        // Read while the host's /proc is still there (Landlock then hides it).
+        let last_cap = crate::sys::cap_last_cap().map_err(JailError::step("reading /proc/sys/kernel/cap_last_cap"))?;
         mounts::enter_namespaces(spec)?;
         mounts::build_and_pivot(spec)?;
         privileges::limit(&spec.rlimits)?;
         let enforced = landlock::restrict(spec)?;
-        privileges::drop_all(spec.uid, spec.gid)?;
+        privileges::drop_all(spec.uid, spec.gid, last_cap)?;
         // Changing ids cleared the parent-death signal: set it again. `alive` is
         // close-on-exec, so brig-vmm does not inherit it.
         privileges::die_with_parent(alive)?;

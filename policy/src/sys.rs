@@ -35,6 +35,50 @@ pub fn close_fds_from(first: i32, keep: &[i32]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The Landlock ABI version this kernel enforces (0: none: not built in, or not
+/// in `lsm=`), from `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`.
+pub fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+    // SAFETY: with this flag the kernel reads no memory (the attribute pointer is
+    // NULL and its size 0) and only returns the version, or -1 with errno.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    i32::try_from(version).unwrap_or(0).max(0)
+}
+
+/// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`):
+/// capabilities newer than the `caps` crate are dropped too.
+pub fn cap_last_cap() -> std::io::Result<u32> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?;
+    text.trim().parse().map_err(|_| std::io::Error::other(format!("cap_last_cap reads {text:?}")))
+}
+
+/// Drops capability `cap` from the bounding set (`PR_CAPBSET_DROP`).
+pub fn drop_bounding(cap: u32) -> std::io::Result<()> {
+    // SAFETY: PR_CAPBSET_DROP takes the capability number by value and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether capability `cap` is in the bounding set (`PR_CAPBSET_READ`).
+pub fn in_bounding(cap: u32) -> std::io::Result<bool> {
+    // SAFETY: PR_CAPBSET_READ takes the capability number by value and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc == 1)
+}
+
 // ---- brig-vmm's seccomp report (crate::seccomp), in its own file ----
 
 mod sigsys;

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use brig_policy::jail::{JailFile, JailSpec, LandlockMode, Rlimits};
+use brig_policy::jail::{self, JailFile, JailSpec, LandlockMode, Rlimits, EXIT_JAIL_FAILED};
 
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -61,7 +61,7 @@ fn start(dir: &Path, spec: &JailSpec, stderr: Stdio) -> (std::process::Child, u3
         .expect("start brig-jailer");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("pid line");
-    let pid = line.trim().strip_prefix("pid ").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pid = jail::parse_pid_line(&line).unwrap_or(0);
     (child, pid)
 }
 
@@ -131,7 +131,7 @@ fn landlock_stops_writes_outside_state_where_the_kernel_has_it() {
     );
     spec.landlock = LandlockMode::Require;
     let (code, _, out) = jail(&dir.0, &spec);
-    if code == 1 && out.contains("Landlock is required") {
+    if code == EXIT_JAIL_FAILED && out.contains("Landlock is required") {
         panic!(
             "this kernel has no Landlock; the jail refused to start as it should, but this test needs Landlock:\n{out}"
         );
@@ -152,20 +152,28 @@ fn bad_specs_are_refused_before_anything_is_made() {
     let mut root_uid = spec(&dir.0, "true");
     root_uid.uid = 0;
     let (code, _, out) = jail(&dir.0, &root_uid);
-    assert_eq!(code, 1);
+    assert_eq!(code, EXIT_JAIL_FAILED);
     assert!(out.contains("never runs as root"), "{out}");
     let mut escape = spec(&dir.0, "true");
     escape.files[0].jail = "/images/../../etc/passwd".into();
     let (code, _, out) = jail(&dir.0, &escape);
-    assert_eq!(code, 1);
+    assert_eq!(code, EXIT_JAIL_FAILED);
     assert!(out.contains("without `..`"), "{out}");
     assert!(!dir.0.join("root").exists(), "nothing was made for a refused spec");
-    let mut busy = spec(&dir.0, "true");
-    std::fs::create_dir_all(dir.0.join("root/leftover")).expect("leftover");
-    busy.id = "busy".into();
+    let open = dir.0.join("open");
+    std::fs::create_dir(&open).expect("open dir");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
+    let mut shared = spec(&dir.0, "true");
+    shared.root = open.join("root");
+    let (code, _, out) = jail(&dir.0, &shared);
+    assert_eq!(code, EXIT_JAIL_FAILED);
+    assert!(out.contains("writable by root alone") && out.contains("1777"), "{out}");
+    assert!(!shared.root.exists(), "no root is made in a directory others can write");
+    let busy = spec(&dir.0, "true");
+    std::fs::create_dir_all(dir.0.join("root")).expect("leftover");
     let (code, _, out) = jail(&dir.0, &busy);
-    assert_eq!(code, 1);
-    assert!(out.contains("is not empty"), "{out}");
+    assert_eq!(code, EXIT_JAIL_FAILED);
+    assert!(out.contains("already exists"), "{out}");
 }
 
 #[test]

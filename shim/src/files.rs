@@ -94,6 +94,62 @@ pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), File
     file.write_all(contents.as_ref()).map_err(|source| FilesError::Create { path: path.to_path_buf(), source })
 }
 
+/// Files brig-vmm makes in its jail's `state/` (the sandbox uid's: a hostile
+/// brig-vmm could put a symlink, a FIFO or a device there) are opened only
+/// as what they must be, never through a symlink, and never blocking.
+///
+/// The last `max` bytes of a regular file (`O_NOFOLLOW | O_NONBLOCK`), as text;
+/// anything else reads as a note saying what it is.
+pub fn read_tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let opened = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return String::new(),
+        Err(e) => return format!("({} cannot be read: {e})", path.display()),
+    };
+    let len = match file.metadata() {
+        Ok(meta) if meta.file_type().is_file() => meta.len(),
+        Ok(_) => return format!("({} is not a regular file: not read)", path.display()),
+        Err(e) => return format!("({} cannot be read: {e})", path.display()),
+    };
+    let mut bytes = Vec::new();
+    let read = file.seek(SeekFrom::Start(len.saturating_sub(max))).and_then(|_| file.take(max).read_to_end(&mut bytes));
+    match read {
+        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("({} cannot be read: {e})", path.display()),
+    }
+}
+
+/// A Unix socket in a jail's `state/`, held open with `O_PATH | O_NOFOLLOW` and
+/// checked to be a socket, reached through `/proc/self/fd/N`: a symlink put in its
+/// place (to containerd's socket, say) is refused, and cannot be swapped in
+/// between the check and the connect.
+#[derive(Debug)]
+pub struct SocketPath {
+    _fd: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl SocketPath {
+    pub fn open(socket: &Path) -> std::io::Result<SocketPath> {
+        use std::os::fd::AsRawFd;
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(socket)?;
+        let meta = file.metadata()?;
+        if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+            return Err(std::io::Error::other(format!("{} is not a socket: not connecting", socket.display())));
+        }
+        let fd = std::os::fd::OwnedFd::from(file);
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        Ok(SocketPath { _fd: fd, path })
+    }
+
+    /// The path to connect to, valid while `self` lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +219,38 @@ mod tests {
         let FilesError::Create { source, .. } = &err else { panic!("{err:?}") };
         assert_eq!(source.raw_os_error(), Some(libc::ELOOP), "{err}");
         assert_eq!(std::fs::read(&target).expect("target"), b"keep", "the link's target is untouched");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn jail_files_are_read_only_as_regular_files_and_sockets() {
+        let root = scratch("jail");
+        private_dir(&root).expect("dir");
+        let console = root.join("console.log");
+        std::fs::write(&console, "boot\nline two\n").expect("console");
+        assert_eq!(read_tail(&console, 9), "line two\n", "the last bytes only");
+        assert_eq!(read_tail(&root.join("absent"), 9), "");
+        let secret = root.join("secret");
+        std::fs::write(&secret, "host secret").expect("secret");
+        let link = root.join("link.log");
+        std::os::unix::fs::symlink(&secret, &link).expect("symlink");
+        let text = read_tail(&link, 100);
+        assert!(!text.contains("host secret") && text.contains("cannot be read"), "{text}");
+        let fifo = root.join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+        assert!(read_tail(&fifo, 100).contains("not a regular file"), "a FIFO is not read (nor waited on)");
+
+        let sock = root.join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let path = SocketPath::open(&sock).expect("a socket");
+        std::os::unix::net::UnixStream::connect(path.path()).expect("connect through /proc/self/fd");
+        assert!(listener.accept().is_ok());
+        let to_sock = root.join("link.sock");
+        std::os::unix::fs::symlink(&sock, &to_sock).expect("symlink");
+        let err = SocketPath::open(&to_sock).expect_err("a symlink to a socket");
+        assert!(err.to_string().contains("not a socket"), "the link itself is opened, and refused: {err}");
+        let err = SocketPath::open(&console).expect_err("a regular file");
+        assert!(err.to_string().contains("not a socket"), "{err}");
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use brig_policy::jail::uids::{Lease, UidRange};
+use brig_policy::jail::uids::{HostIds, Lease, UidRange};
 use brig_policy::jail::{self as policy, CgroupSpec, Device, JailFile, JailSpec, Rlimits};
 
 use crate::config::Config;
@@ -84,20 +84,36 @@ impl Layout {
 }
 
 /// What a jailed sandbox holds on the host besides its state directory: its uid
-/// lease and its cgroup. Released by [`Jail::release`], or from `jail.json` by
-/// [`release_recorded`] after the shim died.
+/// lease and its cgroup. Released by [`Jail::release`], or by [`release_recorded`]
+/// after the shim died.
 #[derive(Debug)]
 pub struct Jail {
     lease: Lease,
     cgroup: PathBuf,
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl Jail {
+    /// Kills what is left in the cgroup and removes it, then gives the uid back;
+    /// once (a failed start and a stop may both call it). A cgroup that cannot be
+    /// removed keeps its uid leased: no other sandbox gets a uid with processes.
     pub fn release(&self) {
-        if let Err(e) = policy::remove_cgroup(&self.cgroup) {
-            log::warn!("cannot remove cgroup {}: {e}", self.cgroup.display());
+        if self.released.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
         }
-        self.lease.release();
+        release(&self.cgroup, &self.lease);
+    }
+}
+
+fn release(cgroup: &Path, lease: &Lease) {
+    match policy::remove_cgroup(cgroup) {
+        Ok(()) => lease.release(),
+        Err(e) => log::warn!(
+            "cannot remove cgroup {}: {e}; uid {} stays leased ({})",
+            cgroup.display(),
+            lease.uid,
+            lease.path.display()
+        ),
     }
 }
 
@@ -110,6 +126,11 @@ fn leases(config: &Config) -> PathBuf {
     config.state_dir.join("uids")
 }
 
+/// The sandbox's cgroup, below the cgroup v2 root.
+fn cgroup_of(config: &Config, name: &str) -> PathBuf {
+    Path::new(&config.jail_cgroup_parent).join(name)
+}
+
 /// Leases a uid, writes `jail.json`, and returns the brig-jailer command that
 /// runs brig-vmm with `vmm_args` in the jail.
 pub fn prepare(
@@ -120,15 +141,13 @@ pub fn prepare(
     vmm_args: Vec<String>,
 ) -> Result<(std::process::Command, Jail), ShimError> {
     let range = UidRange { first: config.jail_uid_first, count: config.jail_uid_count };
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
     range
-        .check(&passwd, &group)
+        .check(&HostIds::read())
         .map_err(|e| ShimError::FailedPrecondition(format!("{e} (in {})", crate::config::DEFAULT_PATH)))?;
     let name = sandbox_name(dir);
     let lease = Lease::take(&leases(config), range, &name).map_err(ShimError::io("leasing a jail uid"))?;
-    let cgroup = Path::new(&config.jail_cgroup_parent).join(&name);
-    let jail = Jail { lease, cgroup: cgroup.clone() };
+    let cgroup = cgroup_of(config, &name);
+    let jail = Jail { lease, cgroup: cgroup.clone(), released: false.into() };
     // brig-vmm reads its own vm.json (mounted read-only): the sandbox uid's alone.
     let (uid, gid) = (nix::unistd::Uid::from_raw(jail.lease.uid), nix::unistd::Gid::from_raw(jail.lease.uid));
     if let Err(e) = nix::unistd::chown(&dir.join("vm.json"), Some(uid), Some(gid)) {
@@ -177,17 +196,19 @@ pub fn prepare(
     Ok((cmd, jail))
 }
 
-/// Releases what `jail.json` in `dir` names (containerd's `shim delete`, after the
-/// shim died): the cgroup, once brig-vmm is gone, and the uid lease.
+/// Releases what the sandbox in `dir` holds (containerd's `shim delete`, after the
+/// shim died): its cgroup, killing what still runs there, then its uid lease. Both
+/// follow from the configuration and the sandbox's name, not from a file in `dir`.
 pub fn release_recorded(config: &Config, dir: &Path) {
-    let Ok(spec) = JailSpec::from_file(&dir.join("jail.json")) else { return };
-    if let Some(cgroup) = &spec.cgroup {
-        if let Err(e) = policy::remove_cgroup(&cgroup.path) {
-            log::warn!("cannot remove cgroup {}: {e}", cgroup.path.display());
+    let name = sandbox_name(dir);
+    let cgroup = cgroup_of(config, &name);
+    match Lease::find(&leases(config), &name) {
+        Some(lease) => release(&cgroup, &lease),
+        None => {
+            if let Err(e) = policy::remove_cgroup(&cgroup) {
+                log::warn!("cannot remove cgroup {}: {e}", cgroup.display());
+            }
         }
-    }
-    if let Some(lease) = Lease::find(&leases(config), &sandbox_name(dir)) {
-        lease.release();
     }
 }
 
@@ -234,8 +255,10 @@ mod tests {
         assert_eq!(cgroup.memory_max, (256 + config.vmm_memory_overhead_mib) << 20);
         assert_eq!(cgroup.cpu_max, Some((150_000, 100_000)));
         assert_eq!(cgroup.pids_max, 2 + EXTRA_TASKS);
+        std::fs::remove_file(dir.join("jail.json")).expect("jail.json");
         release_recorded(&config, &dir);
-        assert_eq!(Lease::find(&leases(&config), "0a1b2c3d"), None, "the lease is released from jail.json");
+        assert_eq!(Lease::find(&leases(&config), "0a1b2c3d"), None, "the lease is released without jail.json");
+        jail.release();
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }

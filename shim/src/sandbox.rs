@@ -119,9 +119,18 @@ pub fn vmm_command(config: &Config, vm_json: &Path) -> std::process::Command {
     cmd
 }
 
-/// The last lines of the guest console, for error messages.
+/// How much of the console's end is read for error messages.
+const CONSOLE_TAIL_BYTES: u64 = 16 << 10;
+
+/// The end of brig-vmm's (and brig-jailer's) stderr, `vmm.log`, for error messages.
+pub fn vmm_log_tail(dir: &Path) -> String {
+    files::read_tail(&dir.join("vmm.log"), CONSOLE_TAIL_BYTES)
+}
+
+/// The last lines of the guest console, for error messages (read as the jail's
+/// files are: [`files::read_tail`]).
 pub fn console_tail(console: &Path) -> String {
-    let text = std::fs::read_to_string(console).unwrap_or_default();
+    let text = files::read_tail(console, CONSOLE_TAIL_BYTES);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
@@ -223,7 +232,8 @@ impl Sandbox {
 
     /// brig-vmm's control socket (docs/control-socket.md), version checked.
     pub async fn control(&self) -> Result<AsyncClient, ShimError> {
-        AsyncClient::connect(&self.layout.api, VMM_ANSWER_TIMEOUT).await.map_err(ShimError::from)
+        let socket = socket(&self.layout.api)?;
+        AsyncClient::connect(socket.path(), VMM_ANSWER_TIMEOUT).await.map_err(ShimError::from)
     }
 
     /// Powers the guest off through the agent; if it does not go, tells brig-vmm to
@@ -275,6 +285,7 @@ pub fn exit_meaning(code: i32) -> Option<&'static str> {
         1 => Some("the VM (or its jail) could not be started"),
         2 => Some("the guest kernel panicked"),
         3 => Some("a vCPU failed"),
+        30 => Some("brig-jailer could not build the jail (vmm.log names the step and the fix)"),
         31 => Some("a brig-vmm thread made a system call its seccomp filter denies (vmm.log names it)"),
         137 => Some("brig-vmm was SIGKILLed"),
         _ => None,
@@ -302,8 +313,33 @@ async fn spawn(
         .spawn()
         .map_err(ShimError::io(format!("starting {}", Path::new(&program).display())))?;
     let jailer_out = child.stdout.take();
-    let (tx, exited) = watch::channel(None);
     let own_pid = child.id().unwrap_or(0);
+    let vmm_pid = match jailer_out {
+        None => Ok(own_pid),
+        Some(out) => {
+            let mut line = String::new();
+            let mut out = tokio::io::BufReader::new(out);
+            let read = tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line);
+            let read = tokio::time::timeout(JAILER_TIMEOUT, read).await;
+            match brig_policy::jail::parse_pid_line(&line) {
+                Some(pid) if read.is_ok() => Ok(pid),
+                _ => {
+                    // The jailer itself (the shim's child): brig-vmm dies with it.
+                    let _ = child.start_kill();
+                    let status = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+                    let code = match status {
+                        Ok(Ok(status)) => status.code().unwrap_or(128 + status_signal(&status)).to_string(),
+                        _ => "none yet".to_owned(),
+                    };
+                    Err(ShimError::FailedPrecondition(format!(
+                        "brig-jailer could not start brig-vmm (exit code {code}): {}",
+                        vmm_log_tail(dir).trim()
+                    )))
+                }
+            }
+        }
+    };
+    let (tx, exited) = watch::channel(None);
     tokio::spawn(async move {
         let code = match child.wait().await {
             Ok(status) => status.code().unwrap_or(128 + status_signal(&status)),
@@ -311,20 +347,7 @@ async fn spawn(
         };
         let _ = tx.send(Some(code));
     });
-    let Some(out) = jailer_out else { return Ok((exited, own_pid)) };
-    let mut line = String::new();
-    let mut out = tokio::io::BufReader::new(out);
-    let read = tokio::time::timeout(JAILER_TIMEOUT, tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)).await;
-    match line.trim().strip_prefix("pid ").and_then(|pid| pid.parse::<u32>().ok()) {
-        Some(pid) if read.is_ok() => Ok((exited, pid)),
-        _ => {
-            kill(own_pid);
-            Err(ShimError::FailedPrecondition(format!(
-                "brig-jailer could not start brig-vmm: {}",
-                std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default().trim()
-            )))
-        }
-    }
+    vmm_pid.map(|pid| (exited, pid))
 }
 
 /// Connects to the guest agent, until brig-vmm exits or `agent_timeout_secs` pass.
@@ -340,7 +363,7 @@ async fn wait_for_agent(
             return Err(ShimError::Unavailable(format!(
                 "brig-vmm exited ({code}{}) before the guest agent answered: {}\nconsole:\n{}",
                 exit_meaning(code).map(|m| format!(": {m}")).unwrap_or_default(),
-                std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default().trim(),
+                vmm_log_tail(dir).trim(),
                 console_tail(&layout.console)
             )));
         }
@@ -415,9 +438,15 @@ pub fn kill_recorded(dir: &Path) -> Option<u32> {
     Some(pid)
 }
 
+/// One of brig-vmm's sockets, checked to be one ([`files::SocketPath`]).
+fn socket(path: &Path) -> Result<files::SocketPath, ShimError> {
+    files::SocketPath::open(path).map_err(ShimError::io(format!("opening {}", path.display())))
+}
+
 /// Hybrid vsock handshake, then a ttrpc client; checks the agent's API version.
 async fn connect_agent(vsock: &Path, timeout: Duration) -> Result<AgentClient, ShimError> {
-    let stream = vsock::connect_async(vsock, AGENT_VSOCK_PORT, timeout).await?;
+    let socket = socket(vsock)?;
+    let stream = vsock::connect_async(socket.path(), AGENT_VSOCK_PORT, timeout).await?;
     let client = AgentClient::new(brig_protocol::ttrpc::asynchronous::Client::new(Socket::from(stream)));
     let pong = client
         .ping(ctx(timeout.max(Duration::from_millis(100))), &PingRequest::new())
@@ -434,7 +463,8 @@ async fn connect_agent(vsock: &Path, timeout: Duration) -> Result<AgentClient, S
 
 fn attach_blocking(vsock: &Path, header: &Header) -> Result<StdUnixStream, ShimError> {
     let io = |what: &str| ShimError::io(format!("{what} {}", header.stream.as_str()));
-    let mut conn = vsock::connect(vsock, STDIO_VSOCK_PORT, VMM_ANSWER_TIMEOUT)?;
+    let socket = socket(vsock)?;
+    let mut conn = vsock::connect(socket.path(), STDIO_VSOCK_PORT, VMM_ANSWER_TIMEOUT)?;
     conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("stdio timeout"))?;
     conn.write_all(header.to_string().as_bytes()).map_err(io("stdio header"))?;
     let agent_reply = read_line(&mut conn).map_err(io("stdio header"))?;

@@ -75,8 +75,8 @@ pub fn start(spec: JailSpec, stderr: Stdio) -> Result<Jailed> {
         .context("start brig-jailer")?;
     let mut line = String::new();
     std::io::BufReader::new(jailer.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let vmm_pid = line.trim().strip_prefix("pid ").and_then(|p| p.parse().ok());
-    let vmm_pid = vmm_pid.with_context(|| format!("brig-jailer printed {line:?}, not `pid N`"))?;
+    let vmm_pid = brig_policy::jail::parse_pid_line(&line)
+        .with_context(|| format!("brig-jailer printed {line:?}, not `pid N`"))?;
     Ok(Jailed { jailer, vmm_pid, spec })
 }
 

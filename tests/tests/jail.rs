@@ -62,7 +62,7 @@ fn assert_jailed(pid: u32, when: &str) {
         .collect();
     root.sort();
     assert_eq!(root, JAIL_ENTRIES, "{when}: the jail's root");
-    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+    for ns in ["mnt", "pid", "net", "ipc", "uts", "cgroup"] {
         let own = std::fs::read_link(proc.join("ns").join(ns)).expect("ns");
         let host = std::fs::read_link(Path::new("/proc/self/ns").join(ns)).expect("host ns");
         assert_ne!(own, host, "{when}: brig-vmm shares the host's {ns} namespace");
@@ -77,6 +77,27 @@ fn assert_jailed(pid: u32, when: &str) {
     assert_eq!(memory_max, (128 + 64) << 20, "{when}: guest memory (128 MiB) plus brig-vmm's overhead (64 MiB)");
     let pids_max = std::fs::read_to_string(dir.join("pids.max")).expect("pids.max");
     assert_eq!(pids_max.trim(), "9", "{when}: 1 vCPU + 8");
+    let cpu_max = std::fs::read_to_string(dir.join("cpu.max")).expect("cpu.max");
+    assert_eq!(cpu_max.trim(), "max 100000", "{when}: no CPU quota in the spec");
+    // Its root is read-only; only /state is writable, and nothing in it executable.
+    let mounts = std::fs::read_to_string(proc.join("mountinfo")).expect("mountinfo");
+    let options = |point: &str| {
+        mounts.lines().rev().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(4) == Some(&point))
+                .then(|| fields.get(5).unwrap_or(&"").split(',').map(str::to_owned).collect())
+        })
+    };
+    let root_options: Vec<String> = options("/").unwrap_or_else(|| panic!("{when}: no / in\n{mounts}"));
+    assert!(
+        root_options.iter().any(|o| o == "ro") && root_options.iter().any(|o| o == "noexec"),
+        "{when}: / {root_options:?}"
+    );
+    let state_options: Vec<String> = options("/state").unwrap_or_else(|| panic!("{when}: no /state in\n{mounts}"));
+    assert!(
+        ["rw", "nosuid", "nodev", "noexec"].iter().all(|o| state_options.iter().any(|s| s == o)),
+        "{when}: /state {state_options:?}"
+    );
     // Its descriptors: its own files, KVM's, sockets and stderr; nothing of containerd or the
     // shim. Files are compared by device and inode: their paths read differently across
     // mount namespaces.
@@ -135,6 +156,18 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
     containerd.assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("20000"), "{}", describe(&out));
     assert_jailed(pid, "after vsock and blk traffic");
+    // And while traffic flows: an exec streams the rootfs through vsock until killed.
+    let mut busy = containerd
+        .command(&["task", "exec", "--exec-id", "busy", "jailed", "sh", "-c", "while true; do cat /bin/busybox; done"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr task exec");
+    let mut first = [0u8; 4096];
+    std::io::Read::read_exact(busy.stdout.as_mut().expect("stdout"), &mut first).expect("the exec's first output");
+    assert_jailed(pid, "during vsock and blk traffic");
+    containerd.assert_ok(&containerd.ctr(&["task", "kill", "--exec-id", "busy", "--signal", "SIGKILL", "jailed"]));
+    drop(busy.stdout.take());
+    let _ = busy.wait();
 
     containerd.assert_ok(&containerd.ctr(&["task", "pause", "jailed"]));
     containerd.wait_for_status("jailed", "PAUSED");

@@ -1,8 +1,8 @@
 //! `brig-jailer`: builds one brig-vmm's jail and runs it there (docs/jail.md).
 //!
 //! The shim runs it as root with `--spec jail.json`. It prints `pid N` (brig-vmm's
-//! host pid) on stdout once brig-vmm is forked, forwards SIGTERM, SIGINT, SIGHUP
-//! and SIGQUIT to it, and exits with its status.
+//! host pid) on stdout once brig-vmm is forked, forwards SIGTERM, SIGINT and
+//! SIGHUP to it, and exits with its status.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,8 +21,8 @@ struct Cli {
 }
 
 const EXIT_CODES: &str = "\
-Exit status: brig-vmm's own; 128+N if signal N ended it; 1 if the jail could not be
-built (the message on stderr names the step and the fix).";
+Exit status: brig-vmm's own; 128+N if signal N ended it; 30 if the jail could not
+be built (the message on stderr names the step and the fix).";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -57,20 +57,48 @@ pub fn create_and_enter(spec: &CgroupSpec) -> Result<PathBuf, JailError> {
     Ok(leaf)
 }
 
-/// Removes a sandbox's cgroup once nothing runs in it; a missing one is fine.
-/// Retries briefly: the last exits are seen a moment after `wait` returns.
+/// How long [`remove_cgroup`] waits for a killed cgroup to empty.
+const EMPTY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Kills whatever still runs in a sandbox's cgroup (`cgroup.kill`), waits until
+/// it is empty (`populated 0` in `cgroup.events`) and removes it; a missing one is
+/// fine. Used on delete, also after brig-vmm or the shim was SIGKILLed.
 pub fn remove_cgroup(path: &Path) -> std::io::Result<()> {
     let leaf = Path::new(CGROUP_ROOT).join(path);
-    let mut last = Ok(());
-    for _ in 0..50 {
-        match std::fs::remove_dir(&leaf) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => last = Err(e),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if !leaf.exists() {
+        return Ok(());
     }
-    last
+    // cgroup.kill is Linux 5.14+; it kills every process of the cgroup, also one
+    // forked since (a jailer, a brig-vmm whose pid the shim never learnt).
+    match std::fs::write(leaf.join("cgroup.kill"), "1") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !leaf.exists() => return Ok(()),
+        Err(e) => {
+            return Err(std::io::Error::new(e.kind(), format!("writing 1 to {}/cgroup.kill: {e}", leaf.display())))
+        }
+    }
+    let deadline = std::time::Instant::now() + EMPTY_TIMEOUT;
+    loop {
+        let events = match std::fs::read_to_string(leaf.join("cgroup.events")) {
+            Ok(events) => events,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if events.lines().any(|line| line == "populated 0") {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::Error::other(format!(
+                "{} still has processes {EMPTY_TIMEOUT:?} after cgroup.kill",
+                leaf.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    match std::fs::remove_dir(&leaf) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn check_cgroup2(root: &Path) -> Result<(), JailError> {

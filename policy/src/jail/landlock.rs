@@ -8,32 +8,101 @@
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{JailError, JailSpec, JAIL_STATE};
 
-/// The newest ABI brig asks for; older kernels enforce what they have.
+/// The newest ABI brig asks for; an older kernel's ABI is enforced in full.
 const TARGET_ABI: ABI = ABI::V6;
 
 /// How much Landlock a jail needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LandlockMode {
-    /// The kernel must enforce Landlock (every right of its ABI); otherwise the
-    /// jail is not built.
+    /// The kernel must enforce Landlock; otherwise the jail is not built.
     #[default]
     Require,
-    /// Enforce what the kernel has; a kernel without Landlock gets none (logged).
+    /// A kernel without Landlock runs the jail without it (logged).
     BestEffort,
 }
 
-/// Restricts this process (and so brig-vmm after `execve`). Returns what was
+/// Restricts this process (and so brig-vmm after `execve`) with every right of
+/// the ABI the kernel reports, up to [`TARGET_ABI`], as a hard requirement: the
+/// ruleset is enforced in full, or the jail is not built. Returns what was
 /// enforced, for the log line.
 pub fn restrict(spec: &JailSpec) -> Result<String, JailError> {
-    let err = |e: landlock::RulesetError| JailError::Prerequisite(format!("Landlock: {e}"));
+    let kernel = crate::sys::landlock_abi();
+    let Some(abi) = abi_of(kernel) else {
+        return match spec.landlock {
+            LandlockMode::Require => Err(JailError::Prerequisite(
+                "Landlock is required but this kernel does not enforce it: boot a kernel with \
+                 CONFIG_SECURITY_LANDLOCK and `landlock` in its lsm= list (Linux 5.13+), or set \
+                 jail_landlock = \"best-effort\" in /etc/brig/config.toml"
+                    .into(),
+            )),
+            LandlockMode::BestEffort => Ok("Landlock: not enforced by this kernel (best-effort)".into()),
+        };
+    };
+    let err = |e: landlock::RulesetError| JailError::Prerequisite(format!("Landlock ABI {}: {e}", abi as i32));
+    let fs = AccessFs::from_all(abi);
+    let mut ruleset =
+        Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(fs).map_err(err)?;
+    let net = AccessNet::from_all(abi);
+    if !net.is_empty() {
+        ruleset = ruleset.handle_access(net).map_err(err)?;
+    }
+    let scopes = Scope::from_all(abi);
+    if !scopes.is_empty() {
+        ruleset = ruleset.scope(scopes).map_err(err)?;
+    }
+    let mut ruleset = ruleset.create().map_err(err)?;
+    for (path, access) in rules(spec) {
+        // A right newer than the kernel's ABI is not handled, so not granted either.
+        let access = access & fs;
+        if access.is_empty() {
+            continue;
+        }
+        let fd = PathFd::new(Path::new(&path))
+            .map_err(|e| JailError::Prerequisite(format!("Landlock rule for {path}: {e}")))?;
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
+    }
+    let status = ruleset.restrict_self().map_err(err)?;
+    if status.ruleset != RulesetStatus::FullyEnforced {
+        return Err(JailError::Prerequisite(format!(
+            "Landlock ABI {} was not enforced in full ({:?})",
+            abi as i32, status.ruleset
+        )));
+    }
+    Ok(if abi >= TARGET_ABI {
+        format!("Landlock: ABI {} enforced in full", abi as i32)
+    } else {
+        format!(
+            "Landlock: ABI {} enforced in full (the kernel's; the rights of ABI {}-{} need a newer kernel)",
+            abi as i32,
+            abi as i32 + 1,
+            TARGET_ABI as i32
+        )
+    })
+}
+
+/// The ABI brig asks for on a kernel that reports `version` (`None`: no Landlock).
+fn abi_of(version: i32) -> Option<ABI> {
+    Some(match version {
+        i32::MIN..=0 => return None,
+        1 => ABI::V1,
+        2 => ABI::V2,
+        3 => ABI::V3,
+        4 => ABI::V4,
+        5 => ABI::V5,
+        _ => TARGET_ABI,
+    })
+}
+
+/// The paths brig-vmm may use and how, in the jail.
+fn rules(spec: &JailSpec) -> Vec<(String, BitFlags<AccessFs>)> {
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let mut rules: Vec<(String, BitFlags<AccessFs>)> = vec![
         (spec.jail_exec().to_string_lossy().into_owned(), AccessFs::Execute | AccessFs::ReadFile),
@@ -65,45 +134,27 @@ pub fn restrict(spec: &JailSpec) -> Result<String, JailError> {
     for device in &spec.devices {
         rules.push((device.node().0.into(), AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev));
     }
-    // Both modes take what the kernel has of TARGET_ABI; `Require` then refuses a
-    // kernel that enforces nothing (below).
-    let mut ruleset = Ruleset::default()
-        .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(AccessFs::from_all(TARGET_ABI))
-        .map_err(err)?
-        .handle_access(AccessNet::from_all(TARGET_ABI))
-        .map_err(err)?
-        .scope(Scope::from_all(TARGET_ABI))
-        .map_err(err)?
-        .create()
-        .map_err(err)?;
-    for (path, access) in rules {
-        let fd = PathFd::new(Path::new(&path))
-            .map_err(|e| JailError::Prerequisite(format!("Landlock rule for {path}: {e}")))?;
-        ruleset = ruleset.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_version_picks_the_abi_up_to_brigs_target() {
+        assert_eq!(abi_of(-1), None, "no Landlock (ENOSYS, EOPNOTSUPP)");
+        assert_eq!(abi_of(0), None);
+        assert_eq!(abi_of(2), Some(ABI::V2));
+        assert_eq!(abi_of(6), Some(ABI::V6));
+        assert_eq!(abi_of(7), Some(TARGET_ABI), "a newer kernel gets what brig knows");
     }
-    let status = ruleset.restrict_self().map_err(err)?;
-    let abi = match status.landlock {
-        LandlockStatus::Available { effective_abi, .. } => Some(effective_abi),
-        _ => None,
-    };
-    match (status.ruleset, abi, spec.landlock) {
-        (RulesetStatus::NotEnforced, _, LandlockMode::Require) | (_, None, LandlockMode::Require) => {
-            Err(JailError::Prerequisite(format!(
-                "Landlock is required but this kernel does not enforce it ({:?}): boot a kernel with \
-                 CONFIG_SECURITY_LANDLOCK and `landlock` in its lsm= list (Linux 5.13+), or set \
-                 jail_landlock = \"best-effort\" in /etc/brig/config.toml",
-                status.landlock
-            )))
-        }
-        (RulesetStatus::NotEnforced, _, _) | (_, None, _) => Ok("Landlock: not enforced by this kernel".into()),
-        // Best effort drops exactly the rights of ABIs newer than the kernel's.
-        (_, Some(abi), _) if abi >= TARGET_ABI => Ok(format!("Landlock: ABI {} enforced in full", TARGET_ABI as i32)),
-        (_, Some(abi), _) => Ok(format!(
-            "Landlock: ABI {} enforced in full (every right this kernel has; those of ABI {}-{} need a newer kernel)",
-            abi as i32,
-            abi as i32 + 1,
-            TARGET_ABI as i32
-        )),
+
+    #[test]
+    fn every_rule_keeps_only_rights_the_abi_handles() {
+        // The ABI 2 ruleset (Linux 6.1) must not name TRUNCATE (3) or IOCTL_DEV (5).
+        let fs = AccessFs::from_all(ABI::V2);
+        assert!(!fs.contains(AccessFs::Truncate) && !fs.contains(AccessFs::IoctlDev));
+        assert!(AccessNet::from_all(ABI::V2).is_empty() && Scope::from_all(ABI::V5).is_empty());
     }
 }

@@ -16,28 +16,29 @@ use nix::unistd::{chown, pivot_root, Gid, Uid};
 use super::{JailError, JailSpec};
 
 /// Makes the root (0755, root's) and its `state/` (0700, the sandbox uid's).
-/// Refuses a root that already holds something: it would not be this VM's alone.
+/// The root must be new, in a directory only root can change: otherwise it would
+/// not be this VM's alone.
 pub fn make_root(spec: &JailSpec) -> Result<(), JailError> {
+    use std::os::unix::fs::MetadataExt;
     let root = &spec.root;
-    match std::fs::symlink_metadata(root) {
-        Ok(meta) if !meta.is_dir() => {
-            return Err(JailError::Invalid(format!("jail root {} exists and is not a directory", root.display())))
-        }
-        Ok(_) => {
-            let mut entries =
-                std::fs::read_dir(root).map_err(JailError::step(format!("reading {}", root.display())))?;
-            if entries.next().is_some() {
-                return Err(JailError::Invalid(format!(
-                    "jail root {} is not empty: another VM's, or a leftover (remove it)",
-                    root.display()
-                )));
-            }
-        }
-        Err(_) => std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(root)
-            .map_err(JailError::step(format!("creating jail root {}", root.display())))?,
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    let meta = std::fs::metadata(parent).map_err(JailError::step(format!("reading {}", parent.display())))?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(JailError::Invalid(format!(
+            "jail root {}: its directory {} must be root's and writable by root alone (it is uid {}, mode {:o})",
+            root.display(),
+            parent.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
     }
+    std::fs::DirBuilder::new().mode(0o755).create(root).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => JailError::Invalid(format!(
+            "jail root {} already exists: another VM's, or a leftover (remove it)",
+            root.display()
+        )),
+        _ => JailError::step(format!("creating jail root {}", root.display()))(e),
+    })?;
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
         .map_err(JailError::step(format!("chmod {}", root.display())))?;
     let state = spec.host_state_dir();
@@ -50,15 +51,16 @@ pub fn make_root(spec: &JailSpec) -> Result<(), JailError> {
     Ok(())
 }
 
-/// New mount, IPC and UTS namespaces, and the sandbox's network namespace (a new,
-/// empty one when it has none). Called in the child, already in the new PID
-/// namespace.
+/// New mount, IPC, UTS and cgroup namespaces (the sandbox's cgroup, entered
+/// before, becomes its `/`), and the sandbox's network namespace (a new, empty one
+/// when it has none). Called in the child, already in the new PID namespace.
 pub fn enter_namespaces(spec: &JailSpec) -> Result<(), JailError> {
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    let mut flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWCGROUP;
     if spec.netns.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    nix::sched::unshare(flags).map_err(JailError::nix("unshare(mount, IPC, UTS, network namespaces)"))?;
+    nix::sched::unshare(flags).map_err(JailError::nix("unshare(mount, IPC, UTS, cgroup, network namespaces)"))?;
     if let Some(netns) = &spec.netns {
         let ns = std::fs::File::open(netns)
             .map_err(JailError::step(format!("opening network namespace {}", netns.display())))?;
@@ -112,6 +114,11 @@ pub fn build_and_pivot(spec: &JailSpec) -> Result<(), JailError> {
         Some("hidepid=2"),
     )
     .map_err(JailError::nix(format!("mounting proc on {}", proc.display())))?;
+    // The root is read-only from here (device nodes and mount points are made);
+    // only state/ stays writable, without exec, suid or devices.
+    let state = spec.host_state_dir();
+    bind(&state, &state, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+    remount(root, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
     // pivot_root(".", "."): the old root ends up on top of the new one, and is
     // then unmounted; no directory of it is left in the jail.
     std::env::set_current_dir(root).map_err(JailError::step(format!("chdir {}", root.display())))?;
@@ -158,6 +165,12 @@ fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<(), JailError> {
         source.display(),
         target.display()
     )))?;
+    remount(target, flags)
+}
+
+/// Applies `flags` to the bind mount at `target`.
+fn remount(target: &Path, flags: MsFlags) -> Result<(), JailError> {
+    let none: Option<&str> = None;
     mount(none, target, none, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, none)
         .map_err(JailError::nix(format!("remounting {} ({flags:?})", target.display())))
 }

@@ -13,8 +13,9 @@ use nix::unistd::{ForkResult, Gid, Uid};
 
 use super::{JailError, JailSpec, Rlimits};
 
-/// Signals the parent forwards to brig-vmm.
-const FORWARDED: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
+/// Signals the parent forwards to brig-vmm: those it handles (as PID 1 of its
+/// namespace, it never sees a signal it has no handler for, except SIGKILL).
+const FORWARDED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 
 /// Forks into a new PID namespace. The child builds the jail and becomes brig-vmm
 /// (PID 1 there); this process prints its host pid on stdout (`pid N`), forwards
@@ -42,7 +43,7 @@ pub fn supervise(spec: &JailSpec) -> Result<i32, JailError> {
     };
     drop(alive.0);
     let _keep_alive = alive.1;
-    println!("pid {child}");
+    println!("{}", super::pid_line(child));
     // stdout is the shim's pipe: nothing else goes there.
     let _ = nix::unistd::dup2_stdout(std::io::stdin());
     loop {
@@ -93,16 +94,18 @@ pub fn limit(limits: &Rlimits) -> Result<(), JailError> {
     Ok(())
 }
 
-/// Drops the bounding set, supplementary groups, gid, uid, then the inheritable and
+/// Drops the bounding set (capabilities 0 to `last_cap`), supplementary groups, gid, uid, then the inheritable and
 /// ambient sets (setresuid from 0 clears permitted and effective), and sets
 /// `no_new_privs`; then checks that every set is empty.
-pub fn drop_all(uid: u32, gid: u32) -> Result<(), JailError> {
+pub fn drop_all(uid: u32, gid: u32, last_cap: u32) -> Result<(), JailError> {
     let caps = |what: &str| {
         let what = what.to_owned();
         move |e: caps::errors::CapsError| JailError::Prerequisite(format!("{what}: {e}"))
     };
-    for cap in caps::all() {
-        caps::drop(None, CapSet::Bounding, cap).map_err(caps(&format!("dropping {cap} from the bounding set")))?;
+    // Every capability the kernel has, by number: also those newer than `caps`.
+    for cap in 0..=last_cap {
+        crate::sys::drop_bounding(cap)
+            .map_err(JailError::step(format!("dropping capability {cap} from the bounding set")))?;
     }
     nix::unistd::setgroups(&[]).map_err(JailError::nix("setgroups([])"))?;
     let (gid, uid) = (Gid::from_raw(gid), Uid::from_raw(uid));
@@ -111,6 +114,11 @@ pub fn drop_all(uid: u32, gid: u32) -> Result<(), JailError> {
     caps::clear(None, CapSet::Inheritable).map_err(caps("clearing the inheritable set"))?;
     caps::clear(None, CapSet::Ambient).map_err(caps("clearing the ambient set"))?;
     nix::sys::prctl::set_no_new_privs().map_err(JailError::nix("PR_SET_NO_NEW_PRIVS"))?;
+    for cap in 0..=last_cap {
+        if crate::sys::in_bounding(cap).map_err(JailError::step(format!("reading capability {cap}")))? {
+            return Err(JailError::Prerequisite(format!("capability {cap} is still in the bounding set")));
+        }
+    }
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Bounding, CapSet::Ambient] {
         let left = caps::read(None, set).map_err(caps(&format!("reading the {set:?} set")))?;
         if !left.is_empty() {
