@@ -324,7 +324,11 @@ fn main_thread() -> Vec<Allowed> {
         any(libc::SYS_pwrite64, "virtio-blk writes"),
         any(libc::SYS_read, "eventfds (queue notifications, VM events), the signalfd, /proc files"),
         any(libc::SYS_readlinkat, "procfs resolves /proc/self"),
-        any(libc::SYS_recvfrom, "reads control connections and vsock streams (std's `UnixStream::read`)"),
+        any(
+            libc::SYS_recvmsg,
+            "reads control connections, with the descriptor a `save-state-fd` request brings (SCM_RIGHTS)",
+        ),
+        any(libc::SYS_recvfrom, "reads vsock streams (std's `UnixStream::read`)"),
         any(
             libc::SYS_sendto,
             "writes control answers and vsock streams (std's `UnixStream::write`, with MSG_NOSIGNAL)",
@@ -340,7 +344,11 @@ fn main_thread() -> Vec<Allowed> {
             one_of(Arg { index: 0, name: "domain" }, vec![named!(AF_UNIX)]),
             "a guest-initiated vsock stream is a Unix socket; never AF_INET or any other family",
         ),
-        any(libc::SYS_statx, "std sizes its read of /proc/sys/kernel/osrelease (procfs, on the first `metrics`)"),
+        any(
+            libc::SYS_statx,
+            "std sizes its read of /proc/sys/kernel/osrelease (on the first `metrics`); `save-state-fd` checks the \
+             sent descriptor is an empty regular file",
+        ),
         with(
             libc::SYS_tgkill,
             one_of(Arg { index: 2, name: "sig" }, signals),

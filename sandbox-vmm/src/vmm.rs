@@ -271,6 +271,10 @@ impl Running {
             Readiness::Requests(fd, requests) => {
                 for request in requests {
                     let response = match request {
+                        Ok(Request::SaveStateFd {}) => {
+                            let file = self.vmm.api.as_mut().and_then(|api| api.take_fd(fd));
+                            self.save_state(Target::Descriptor(file))
+                        }
                         Ok(request) => self.handle(request),
                         Err(error) => Response::Error(error),
                     };
@@ -279,6 +283,9 @@ impl Running {
                             let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
                         }
                     }
+                }
+                if let Some(api) = self.vmm.api.as_mut() {
+                    api.drop_unclaimed_fds(fd);
                 }
             }
         }
@@ -296,7 +303,9 @@ impl Running {
             }
             Request::State {} => Response::State(self.vm_state()),
             Request::Metrics {} => Response::Metrics(Box::new(metrics::snapshot(self.vmm.config.machine.memory_mib))),
-            Request::SaveState { path } => self.save_state(&path),
+            Request::SaveState { path } => self.save_state(Target::Path(&path)),
+            // Answered with its descriptor by the caller; here only if it came without one.
+            Request::SaveStateFd {} => self.save_state(Target::Descriptor(None)),
         }
     }
 
@@ -387,7 +396,7 @@ impl Running {
         }
     }
 
-    fn save_state(&mut self, path: &std::path::Path) -> Response {
+    fn save_state(&mut self, target: Target<'_>) -> Response {
         if self.state != RunState::Paused {
             return Response::error(ErrorCode::FailedPrecondition, "save-state needs a paused VM: send pause first");
         }
@@ -416,11 +425,29 @@ impl Running {
             vcpus,
             devices: self.vmm.transports.iter().map(|t| lock(t).snapshot()).collect(),
         };
-        match snapshot::write(path, &state) {
-            Ok(bytes) => Response::Saved(Saved { path: path.into(), bytes }),
+        let written = match target {
+            Target::Path(path) => snapshot::write(path, &state).map(|bytes| (Some(path.to_path_buf()), bytes)),
+            Target::Descriptor(Some(fd)) => {
+                snapshot::write_to(std::fs::File::from(fd), "the sent descriptor", &state).map(|bytes| (None, bytes))
+            }
+            Target::Descriptor(None) => {
+                return Response::error(
+                    ErrorCode::InvalidRequest,
+                    "save-state-fd needs a file descriptor sent with the request (SCM_RIGHTS)",
+                )
+            }
+        };
+        match written {
+            Ok((path, bytes)) => Response::Saved(Saved { path, bytes }),
             Err(e) => Response::error(ErrorCode::FailedPrecondition, error_chain(&e)),
         }
     }
+}
+
+/// Where `save-state` writes: a new file it creates, or one the client sent.
+enum Target<'a> {
+    Path(&'a std::path::Path),
+    Descriptor(Option<std::os::fd::OwnedFd>),
 }
 
 /// The answer to `version`: refused when the client names another major version.

@@ -62,17 +62,41 @@ fn main() {
     println!("  containerd-shim-brig-v2 VmRSS      {:>6} KiB", shim.rss_kib);
     println!("  brig-vmm RssAnon + RssFile        {:>6} KiB", vmm.own_kib);
     println!("  brig-vmm RssShmem (guest touched) {:>6} KiB", vmm.shmem_kib);
-    // The sandbox's cgroup: guest memory touched plus brig-vmm's own, at its peak.
-    if let Some(cgroup) = sandbox_cgroup(vmm_pid) {
-        let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap_or_default().trim().to_owned();
-        let kib = |file: &str| read(file).parse::<u64>().map_or(0, |b| b >> 10);
+    // The sandbox's cgroup: guest memory touched plus brig-vmm's own, at its peak,
+    // idle and after the guest has touched most of its memory (dd's one 96 MiB
+    // buffer, filled from /dev/zero): the peak beyond guest RAM is what
+    // vmm_memory_overhead_mib must cover.
+    let Some(cgroup) = sandbox_cgroup(vmm_pid) else {
+        containerd.kill_and_delete("resident");
+        return;
+    };
+    let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap_or_default().trim().to_owned();
+    let kib = |file: &str| read(file).parse::<u64>().map_or(0, |b| b >> 10);
+    let report = |when: &str| {
+        let shmem = brig_tests::proc::memory(vmm_pid).shmem_kib;
+        let peak = kib("memory.peak");
         println!(
-            "  its cgroup: memory.current {:>6} KiB, memory.peak {:>6} KiB, memory.max {} (guest memory + vmm_memory_overhead_mib)",
+            "  its cgroup, {when}: memory.current {:>6} KiB, memory.peak {:>6} KiB, guest touched {shmem:>6} KiB, \
+             peak beyond guest touched {:>6} KiB; memory.max {} (guest memory + vmm_memory_overhead_mib)",
             kib("memory.current"),
-            kib("memory.peak"),
+            peak,
+            peak.saturating_sub(shmem),
             read("memory.max")
         );
-    }
+    };
+    report("idle");
+    let fill = containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "fill",
+        "resident",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=100663296 count=1 2>&1 | tail -1",
+    ]);
+    println!("  filling guest memory: {}", brig_tests::containerd::describe(&fill).lines().next().unwrap_or(""));
+    report("after a 96 MiB buffer in the guest");
     containerd.kill_and_delete("resident");
 }
 

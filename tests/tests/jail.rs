@@ -2,7 +2,7 @@
 //! boot, pause/resume, save-state and under vsock and blk traffic; the files,
 //! namespaces, cgroup and descriptors it has; and nothing left after it.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -181,6 +181,23 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
     assert!(task_dir_of(pid).join("jail/state/saved.bin").is_file(), "the state file is in the jail's state/");
     let refused = control.save_state(Path::new("/vm.json")).expect_err("a file outside /state");
     assert!(!refused.to_string().is_empty());
+    // Evidence goes outside the jail through a descriptor: a root-only file brig-vmm
+    // could never open, sent with the request (SCM_RIGHTS).
+    let evidence = std::env::temp_dir().join(format!("brig-jail-evidence-{pid}.bin"));
+    let _ = std::fs::remove_file(&evidence);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&evidence)
+        .expect("an evidence file outside the jail");
+    let sent = control.save_state_to(&file).expect("save-state-fd into a host file");
+    let written = std::fs::read(&evidence).expect("evidence");
+    assert_eq!((sent.path, sent.bytes), (None, written.len() as u64), "{}", evidence.display());
+    assert!(written.starts_with(b"BRIGSTAT"), "a brig state file");
+    let again = control.save_state_to(&file).expect_err("a file that is not empty");
+    assert!(again.to_string().contains("is not empty"), "{again}");
+    std::fs::remove_file(&evidence).expect("cleanup");
     assert_jailed(pid, "after save-state");
     control.resume().expect("resume the vCPUs");
     containerd.assert_ok(&containerd.ctr(&["task", "resume", "jailed"]));

@@ -34,7 +34,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
 
     let state = vm.dir.join("state.bin");
     let saved = control.save_state(&state).expect("save-state");
-    assert_eq!(saved.path, state);
+    assert_eq!(saved.path, Some(state.clone()));
     let machine: brig_vmm::snapshot::MachineState = brig_vmm::snapshot::read(&state).expect("state file verifies");
     assert_eq!(machine.vcpus.len(), 2);
     assert!(machine.vcpus.iter().all(|v| v.summary.rip.starts_with("0xffffffff8")), "vCPUs are in the kernel");

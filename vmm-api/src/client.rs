@@ -3,6 +3,7 @@
 //! the `async` feature) is its tokio twin for the shim.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -134,12 +135,7 @@ impl Client {
         if !line.ends_with(b"\n") {
             stream.write_all(b"\n").map_err(io_error(timeout))?;
         }
-        let mut answer = Vec::new();
-        Read::take(&mut self.reader, MAX_LINE as u64 + 1).read_until(b'\n', &mut answer).map_err(io_error(timeout))?;
-        if answer.len() > MAX_LINE {
-            return Err(ClientError::TooLong);
-        }
-        decode(&answer)
+        self.read_answer()
     }
 
     pub fn pause(&mut self) -> Result<RunState, ClientError> {
@@ -163,16 +159,56 @@ impl Client {
     }
 
     pub fn save_state(&mut self, path: &Path) -> Result<Saved, ClientError> {
-        self.typed(
-            Request::SaveState { path: path.into() },
-            |a| if let Response::Saved(s) = a { Some(s) } else { None },
-        )
+        self.typed(Request::SaveState { path: path.into() }, saved)
+    }
+
+    /// `save-state-fd`: brig-vmm writes the state into `file` (an empty regular
+    /// file open for writing), which goes with the request as `SCM_RIGHTS`.
+    pub fn save_state_to(&mut self, file: impl AsFd) -> Result<Saved, ClientError> {
+        let request = Request::SaveStateFd {};
+        let line = wire::request_line(&request);
+        let stream = self.reader.get_ref();
+        send_with_fd(stream, &line, file.as_fd()).map_err(io_error(self.timeout))?;
+        let answer = self.read_answer()?;
+        expect(&request, answer, saved)
     }
 
     fn typed<T>(&mut self, request: Request, pick: impl FnOnce(Response) -> Option<T>) -> Result<T, ClientError> {
         let answer = self.call(&request)?;
         expect(&request, answer, pick)
     }
+
+    fn read_answer(&mut self) -> Result<Response, ClientError> {
+        let mut answer = Vec::new();
+        Read::take(&mut self.reader, MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut answer)
+            .map_err(io_error(self.timeout))?;
+        if answer.len() > MAX_LINE {
+            return Err(ClientError::TooLong);
+        }
+        decode(&answer)
+    }
+}
+
+fn saved(answer: Response) -> Option<Saved> {
+    if let Response::Saved(s) = answer {
+        Some(s)
+    } else {
+        None
+    }
+}
+
+/// Writes `line` with `fd` attached to its first byte (`SCM_RIGHTS`).
+fn send_with_fd(stream: &UnixStream, line: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let control = [ControlMessage::ScmRights(&fds)];
+    let sent =
+        sendmsg::<()>(stream.as_raw_fd(), &[std::io::IoSlice::new(line)], &control, MsgFlags::MSG_NOSIGNAL, None)
+            .map_err(std::io::Error::from)?;
+    // The descriptor went with the first bytes; the rest of a short write follows plainly.
+    let mut stream = stream;
+    stream.write_all(&line[sent..])
 }
 
 /// The tokio twin of [`Client`].

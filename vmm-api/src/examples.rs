@@ -36,8 +36,9 @@ pub fn exchanges() -> Vec<(Request, Response)> {
         (Request::Metrics {}, Response::Metrics(Box::new(metrics))),
         (
             Request::SaveState { path: state_path.clone() },
-            Response::Saved(Saved { path: state_path.clone(), bytes: 48_213 }),
+            Response::Saved(Saved { path: Some(state_path.clone()), bytes: 48_213 }),
         ),
+        (Request::SaveStateFd {}, Response::Saved(Saved { path: None, bytes: 48_213 })),
         (
             Request::SaveState { path: state_path },
             Response::error(ErrorCode::FailedPrecondition, "save-state needs a paused VM: send pause first"),

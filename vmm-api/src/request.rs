@@ -30,6 +30,10 @@ pub enum Request {
     SaveState {
         path: PathBuf,
     },
+    /// [`Request::SaveState`] into the file descriptor sent with this request line
+    /// (`SCM_RIGHTS`): an empty regular file the client opened for writing. brig-vmm
+    /// needs no path and no write access outside its jail (API 1.1).
+    SaveStateFd {},
 }
 
 impl Request {
@@ -43,6 +47,7 @@ impl Request {
             Request::State {} => "state",
             Request::Metrics {} => "metrics",
             Request::SaveState { .. } => "save-state",
+            Request::SaveStateFd {} => "save-state-fd",
         }
     }
 }

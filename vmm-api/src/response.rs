@@ -103,7 +103,9 @@ pub struct VmMetrics {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Saved {
-    pub path: PathBuf,
+    /// The file written (none for `save-state-fd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
     pub bytes: u64,
 }
 

@@ -55,13 +55,28 @@ pub struct MachineState {
 /// Writes `value` to a new file at `path`; returns the bytes written.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<u64, SnapshotError> {
     let display = path.display().to_string();
-    let payload = serde_json::to_vec(value).map_err(SnapshotError::Encode)?;
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|source| SnapshotError::Create { path: display.clone(), source })?;
+    write_to(file, &display, value)
+}
+
+/// Writes `value` into `file`, which must be an empty regular file (one a client
+/// opened and sent: brig-vmm needs no path for it); returns the bytes written.
+pub fn write_to<T: Serialize>(mut file: std::fs::File, display: &str, value: &T) -> Result<u64, SnapshotError> {
+    let display = display.to_owned();
+    let meta = file.metadata().map_err(|source| SnapshotError::Create { path: display.clone(), source })?;
+    if !meta.file_type().is_file() || meta.len() != 0 {
+        let what = if meta.file_type().is_file() { "is not empty" } else { "is not a regular file" };
+        return Err(SnapshotError::Create {
+            path: display,
+            source: std::io::Error::other(format!("{what}: send an empty file opened for writing")),
+        });
+    }
+    let payload = serde_json::to_vec(value).map_err(SnapshotError::Encode)?;
     let mut prefix = Vec::with_capacity(PREFIX_LEN);
     prefix.extend_from_slice(&MAGIC);
     prefix.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
