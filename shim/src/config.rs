@@ -16,7 +16,7 @@
 //! jail_uid_count = 65536
 //! jail_cgroup_parent = "brig"
 //! jail_landlock = "require"
-//! vmm_memory_overhead_mib = 64
+//! vmm_memory_overhead_mib = 32
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ impl Default for Config {
             jail_uid_count: 65_536,
             jail_cgroup_parent: "brig".into(),
             jail_landlock: LandlockMode::Require,
-            vmm_memory_overhead_mib: 64,
+            vmm_memory_overhead_mib: 32,
         }
     }
 }

@@ -42,7 +42,7 @@ pub fn bare_spec(dir: &Path, name: &str, uid: u32, exec: PathBuf, extra: &[&str]
         devices: vec![Device::Kvm],
         cgroup: Some(CgroupSpec {
             path: PathBuf::from("brig-tests").join(name),
-            memory_max: (MEMORY_MIB + 64) << 20,
+            memory_max: (MEMORY_MIB + 32) << 20,
             pids_max: 9,
             cpu_max: None,
         }),

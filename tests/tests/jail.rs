@@ -74,7 +74,7 @@ fn assert_jailed(pid: u32, when: &str) {
     let dir = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
     let memory_max: u64 =
         std::fs::read_to_string(dir.join("memory.max")).expect("memory.max").trim().parse().expect("a number");
-    assert_eq!(memory_max, (128 + 64) << 20, "{when}: guest memory (128 MiB) plus brig-vmm's overhead (64 MiB)");
+    assert_eq!(memory_max, (128 + 32) << 20, "{when}: guest memory (128 MiB) plus brig-vmm's overhead (32 MiB)");
     let pids_max = std::fs::read_to_string(dir.join("pids.max")).expect("pids.max");
     assert_eq!(pids_max.trim(), "9", "{when}: 1 vCPU + 8");
     let cpu_max = std::fs::read_to_string(dir.join("cpu.max")).expect("cpu.max");

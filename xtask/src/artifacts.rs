@@ -14,6 +14,7 @@
 //! | `BRIG_OCI_CHECK_BIN`  | the static brig-oci-check (OCI conformance tests) |
 //! | `BRIG_TEST_ROOTFS_IMAGE` | ext4 busybox rootfs with the probe and checker |
 //! | `BRIG_SHIM_BIN`       | containerd-shim-brig-v2 (release build)           |
+//! | `BRIG_CLI_BIN`        | brig, the operator CLI (release build)            |
 //! | `BRIG_OCI_IMAGE`      | busybox OCI image-layout tarball for `ctr image import` |
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub struct Artifacts {
     pub oci_check: PathBuf,
     pub test_rootfs: PathBuf,
     pub shim: PathBuf,
+    pub cli: PathBuf,
     pub oci_image: PathBuf,
 }
 
@@ -62,6 +64,7 @@ impl Artifacts {
             ("BRIG_OCI_CHECK_BIN".into(), s(&self.oci_check)),
             ("BRIG_TEST_ROOTFS_IMAGE".into(), s(&self.test_rootfs)),
             ("BRIG_SHIM_BIN".into(), s(&self.shim)),
+            ("BRIG_CLI_BIN".into(), s(&self.cli)),
             ("BRIG_OCI_IMAGE".into(), s(&self.oci_image)),
             ("BRIG_XTASK_BIN".into(), crate::test::own_binary()?),
         ])
@@ -95,7 +98,7 @@ pub fn build() -> Result<Artifacts> {
     let oci_image = out.join("busybox-oci.tar");
     image::oci_image_layout(&out.join("test-rootfs"), &oci_image, OCI_IMAGE_REF)?;
     cargo::run(
-        "build brig-jailer and the shim",
+        "build brig-jailer, the shim and the brig CLI",
         &[
             "build",
             "--release",
@@ -108,6 +111,10 @@ pub fn build() -> Result<Artifacts> {
             "brig-shim",
             "--bin",
             "containerd-shim-brig-v2",
+            "-p",
+            "brig-cli",
+            "--bin",
+            "brig",
         ],
     )?;
     let release = crate::workspace_root().join("target").join("release");
@@ -119,6 +126,7 @@ pub fn build() -> Result<Artifacts> {
         jailer: release.join("brig-jailer"),
         vmm_escape,
         shim: release.join("containerd-shim-brig-v2"),
+        cli: release.join("brig"),
         oci_image,
         probe_initramfs,
         hostile_initramfs,

@@ -4,6 +4,7 @@
 //! | what | where |
 //! |---|---|
 //! | `containerd-shim-brig-v2`, `brig-vmm` (static), `brig-jailer` | `PREFIX/bin` (containerd finds shims on its `PATH`) |
+//! | `brig`, the operator CLI | `PREFIX/bin` |
 //! | guest `vmlinux`, `initramfs.cpio` | `PREFIX/share/brig` |
 //! | `config.toml` (only if none exists) | `/etc/brig` |
 //!
@@ -23,6 +24,7 @@ pub struct Sources {
     pub shim: PathBuf,
     pub vmm: PathBuf,
     pub jailer: PathBuf,
+    pub cli: PathBuf,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
 }
@@ -38,6 +40,7 @@ impl Sources {
             shim: var("BRIG_SHIM_BIN")?,
             vmm: var("BRIG_VMM_BIN")?,
             jailer: var("BRIG_JAILER_BIN")?,
+            cli: var("BRIG_CLI_BIN")?,
             kernel: var("BRIG_GUEST_KERNEL")?,
             initramfs: var("BRIG_GUEST_INITRAMFS")?,
         })
@@ -65,6 +68,7 @@ pub fn run(args: &[String]) -> Result<()> {
             shim: built.shim,
             vmm: built.vmm,
             jailer: built.jailer,
+            cli: built.cli,
             kernel: built.kernel,
             initramfs: built.initramfs,
         }
@@ -96,6 +100,7 @@ pub fn install(sources: &Sources, prefix: &Path, config_dir: &Path) -> Result<()
     copy(&sources.shim, &bin.join("containerd-shim-brig-v2"), 0o755)?;
     copy(&sources.vmm, &bin.join("brig-vmm"), 0o755)?;
     copy(&sources.jailer, &bin.join("brig-jailer"), 0o755)?;
+    copy(&sources.cli, &bin.join("brig"), 0o755)?;
     copy(&sources.kernel, &share.join("vmlinux"), 0o644)?;
     copy(&sources.initramfs, &share.join("initramfs.cpio"), 0o644)?;
     let config = config_dir.join("config.toml");
@@ -131,13 +136,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("brig-install-{}", std::process::id()));
         let src = dir.join("src");
         std::fs::create_dir_all(&src).expect("dir");
-        for name in ["shim", "vmm", "jailer", "vmlinux", "initramfs"] {
+        for name in ["shim", "vmm", "jailer", "brig", "vmlinux", "initramfs"] {
             std::fs::write(src.join(name), name).expect("write");
         }
         let sources = Sources {
             shim: src.join("shim"),
             vmm: src.join("vmm"),
             jailer: src.join("jailer"),
+            cli: src.join("brig"),
             kernel: src.join("vmlinux"),
             initramfs: src.join("initramfs"),
         };
@@ -149,6 +155,7 @@ mod tests {
         assert!(config.contains(&format!("vmm = \"{}\"", prefix.join("bin/brig-vmm").display())), "{config}");
         assert!(config.contains(&format!("jailer = \"{}\"", prefix.join("bin/brig-jailer").display())), "{config}");
         assert_eq!(std::fs::read_to_string(prefix.join("bin/brig-jailer")).expect("jailer"), "jailer");
+        assert_eq!(std::fs::read_to_string(prefix.join("bin/brig")).expect("brig"), "brig");
         std::fs::write(config_dir.join("config.toml"), "default_vcpus = 4\n").expect("edit");
         install(&sources, &prefix, &config_dir).expect("again");
         assert_eq!(std::fs::read_to_string(config_dir.join("config.toml")).expect("config"), "default_vcpus = 4\n");

@@ -1,0 +1,105 @@
+//! The `brig` operator CLI through real containerd: `brig ps` lists every sandbox
+//! with what its brig-vmm says (never the guest), and follows it through pause,
+//! a SIGKILLed VMM and delete.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use brig_tests::containerd::{describe, Containerd};
+use brig_vmm_api::client::Client;
+use serde_json::Value;
+
+fn brig(args: &[&str]) -> Output {
+    Command::new(brig_tests::artifact("BRIG_CLI_BIN")).args(args).output().expect("run brig")
+}
+
+/// `brig ps --json`, by container id.
+fn ps() -> Vec<Value> {
+    let out = brig(&["ps", "--json"]);
+    assert!(out.status.success(), "brig ps --json: {}", describe(&out));
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
+}
+
+fn row<'a>(rows: &'a [Value], id: &str) -> Option<&'a Value> {
+    rows.iter().find(|r| r["id"] == id)
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn brig_ps_shows_each_sandbox_as_its_vmm_sees_it() {
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    let (a, b) = (containerd.run_idle("ps-a"), containerd.run_idle("ps-b"));
+    let rows = ps();
+    for (id, pid) in [("ps-a", a), ("ps-b", b)] {
+        let r = row(&rows, id).unwrap_or_else(|| panic!("{id} missing from {rows:#?}"));
+        assert_eq!(r["namespace"], "default", "{r}");
+        assert_eq!(r["state"], "running", "{r}");
+        assert_eq!((r["vcpus"].as_u64(), r["memory_mib"].as_u64()), (Some(1), Some(128)), "{r}");
+        assert_eq!(r["vmm_pid"].as_u64(), Some(u64::from(pid)), "the pid containerd reports: {r}");
+        assert_eq!(r["jailed"], true, "{r}");
+        assert!(r["image"].as_str().is_some_and(|i| i.starts_with("rootfs ")), "{r}");
+        assert!(r["uptime_secs"].as_u64().is_some(), "{r}");
+        assert_eq!(r["pod"], Value::Null, "ctr makes no pod: {r}");
+    }
+    let table = brig(&["ps"]);
+    assert!(table.status.success(), "{}", describe(&table));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("ID ") && text.lines().next().is_some_and(|h| h.contains("STATE")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("ps-a ") && l.contains("running") && l.contains(&a.to_string())),
+        "{text}"
+    );
+
+    // Paused through brig-vmm's control socket: the VM's own state, not the container's.
+    let dir = row(&rows, "ps-b").and_then(|r| r["dir"].as_str()).expect("dir").to_owned();
+    let mut control = Client::connect(&Path::new(&dir).join("jail/state/api.sock"), Duration::from_secs(5))
+        .expect("ps-b's control socket");
+    control.pause().expect("pause");
+    assert_eq!(row(&ps(), "ps-b").map(|r| r["state"].clone()), Some("paused".into()));
+    control.resume().expect("resume");
+    assert_eq!(row(&ps(), "ps-b").map(|r| r["state"].clone()), Some("running".into()));
+
+    // A SIGKILLed brig-vmm: `exited` until containerd deletes the task.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    containerd.wait_for_status("ps-a", "STOPPED");
+    let after = ps();
+    let r = row(&after, "ps-a").unwrap_or_else(|| panic!("a stopped task is listed until deleted: {after:#?}"));
+    assert_eq!(r["state"], "exited", "{r}");
+    assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "says why: {r}");
+    containerd.assert_ok(&containerd.ctr(&["task", "rm", "ps-a"]));
+    containerd.assert_ok(&containerd.ctr(&["container", "rm", "ps-a"]));
+    containerd.assert_ok(&containerd.kill_and_delete("ps-b"));
+    let gone = ps();
+    assert!(row(&gone, "ps-a").is_none() && row(&gone, "ps-b").is_none(), "{gone:#?}");
+    containerd.assert_no_leftovers("brig ps");
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn brig_help_reads_like_a_man_page_and_bad_input_is_named() {
+    brig_tests::require_kvm_host();
+    let help = brig(&["--help"]);
+    assert!(help.status.success(), "{}", describe(&help));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for section in ["Usage: brig", "ps", "FILES", "EXIT STATUS", "/etc/brig/config.toml"] {
+        assert!(text.contains(section), "`brig --help` lacks {section}:\n{text}");
+    }
+    let ps_help = String::from_utf8_lossy(&brig(&["ps", "--help"]).stdout).into_owned();
+    assert!(ps_help.contains("--json") && ps_help.contains("unreachable"), "{ps_help}");
+    let bad = brig(&["frobnicate"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("frobnicate"), "{}", describe(&bad));
+    // A configuration that cannot be read is named, with the file.
+    let broken = std::env::temp_dir().join(format!("brig-cli-bad-{}.toml", std::process::id()));
+    std::fs::write(&broken, "state_dir = [\n").expect("config");
+    let out = Command::new(brig_tests::artifact("BRIG_CLI_BIN"))
+        .args(["ps"])
+        .env("BRIG_CONFIG", &broken)
+        .output()
+        .expect("run brig");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&broken.display().to_string()), "{}", describe(&out));
+    std::fs::remove_file(&broken).expect("cleanup");
+}
