@@ -17,6 +17,7 @@
 pub mod api;
 pub mod arch;
 pub mod builder;
+pub mod coredump;
 pub use brig_vmm_api::config;
 pub mod devices;
 #[cfg(feature = "escape-test")]

@@ -8,12 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brig_vmm_api::{
-    ApiVersion, DeviceInfo, ErrorCode, Request, Response, RunState, Saved, VersionInfo, VmState, API_VERSION,
+    ApiVersion, DeviceInfo, ErrorCode, MemoryDumped, Request, Response, RunState, Saved, VersionInfo, VmState,
+    API_VERSION,
 };
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::{ApiServer, Readiness};
 use crate::config::VmConfig;
+use crate::coredump;
 use crate::devices::bus::{lock, Bus};
 use crate::devices::console::Console;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -23,7 +25,7 @@ use crate::metrics;
 use crate::seccomp::{Seccomp, SeccompError, ThreadKind};
 use crate::signals::SignalFd;
 use crate::snapshot::{self, MachineState};
-use crate::vcpu::{self, Request as VcpuRequest, Response as VcpuResponse, Vcpu, VcpuHandle};
+use crate::vcpu::{self, Request as VcpuRequest, Response as VcpuResponse, Vcpu, VcpuHandle, VcpuState};
 use crate::vm::Vm;
 
 const TOKEN_DEVICES: u64 = 1;
@@ -275,6 +277,10 @@ impl Running {
                             let file = self.vmm.api.as_mut().and_then(|api| api.take_fd(fd));
                             self.save_state(Target::Descriptor(file))
                         }
+                        Ok(Request::DumpMemoryFd {}) => {
+                            let file = self.vmm.api.as_mut().and_then(|api| api.take_fd(fd));
+                            self.dump_memory(file)
+                        }
                         Ok(request) => self.handle(request),
                         Err(error) => Response::Error(error),
                     };
@@ -306,6 +312,7 @@ impl Running {
             Request::SaveState { path } => self.save_state(Target::Path(&path)),
             // Answered with its descriptor by the caller; here only if it came without one.
             Request::SaveStateFd {} => self.save_state(Target::Descriptor(None)),
+            Request::DumpMemoryFd {} => self.dump_memory(None),
         }
     }
 
@@ -396,24 +403,75 @@ impl Running {
         }
     }
 
-    fn save_state(&mut self, target: Target<'_>) -> Response {
+    /// Every vCPU's state, in index order; the VM must be paused (`op` names the request).
+    fn paused_vcpus(&mut self, op: &str) -> Result<Vec<VcpuState>, Response> {
         if self.state != RunState::Paused {
-            return Response::error(ErrorCode::FailedPrecondition, "save-state needs a paused VM: send pause first");
+            return Err(Response::error(
+                ErrorCode::FailedPrecondition,
+                format!("{op} needs a paused VM: send pause first"),
+            ));
         }
-        let answers = match self.broadcast(VcpuRequest::SaveState) {
-            Ok(answers) => answers,
-            Err(e) => return Response::error(ErrorCode::Internal, format!("cannot read vCPU state: {e}")),
-        };
+        let answers = self
+            .broadcast(VcpuRequest::SaveState)
+            .map_err(|e| Response::error(ErrorCode::Internal, format!("cannot read vCPU state: {e}")))?;
         let mut vcpus = Vec::new();
         for answer in answers {
             if let VcpuResponse::State(index, state) = answer {
                 match *state {
                     Ok(state) => vcpus.push(state),
-                    Err(e) => return Response::error(ErrorCode::Internal, format!("vCPU {index}: {e}")),
+                    Err(e) => return Err(Response::error(ErrorCode::Internal, format!("vCPU {index}: {e}"))),
                 }
             }
         }
         vcpus.sort_by_key(|v| v.index);
+        Ok(vcpus)
+    }
+
+    /// `dump-memory-fd`: guest RAM and the vCPUs' registers as an ELF core into `file`.
+    fn dump_memory(&mut self, file: Option<std::os::fd::OwnedFd>) -> Response {
+        let Some(file) = file else {
+            return Response::error(
+                ErrorCode::InvalidRequest,
+                "dump-memory-fd needs a file descriptor sent with the request (SCM_RIGHTS)",
+            );
+        };
+        let vcpus = match self.paused_vcpus("dump-memory-fd") {
+            Ok(vcpus) => vcpus,
+            Err(refusal) => return refusal,
+        };
+        let file = std::fs::File::from(file);
+        if let Err(e) = snapshot::check_output(&file, true) {
+            return Response::error(ErrorCode::FailedPrecondition, format!("the sent descriptor {e}"));
+        }
+        let regions = crate::arch::layout::ram_ranges(self.vmm.config.machine.memory_mib << 20);
+        let cpus: Vec<coredump::Cpu> = vcpus.iter().map(coredump::Cpu::from).collect();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        let dumped = coredump::write(&mut out, self.vmm.vm.memory(), &regions, &cpus);
+        drop(out);
+        match dumped {
+            Ok(dumped) => {
+                // A regular file is synced before the answer; a pipe has nothing to sync.
+                if file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+                    if let Err(e) = file.sync_all() {
+                        return Response::error(ErrorCode::FailedPrecondition, format!("syncing the dump: {e}"));
+                    }
+                }
+                Response::MemoryDumped(MemoryDumped {
+                    bytes: dumped.bytes,
+                    sha256: dumped.sha256.iter().map(|b| format!("{b:02x}")).collect(),
+                    vcpus: cpus.len() as u8,
+                    regions: regions.len() as u8,
+                })
+            }
+            Err(e) => Response::error(ErrorCode::FailedPrecondition, error_chain(&e)),
+        }
+    }
+
+    fn save_state(&mut self, target: Target<'_>) -> Response {
+        let vcpus = match self.paused_vcpus("save-state") {
+            Ok(vcpus) => vcpus,
+            Err(refusal) => return refusal,
+        };
         let vm = match self.vmm.vm.save_state() {
             Ok(vm) => vm,
             Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use brig_tests::containerd::{describe, Containerd};
 use brig_vmm_api::client::Client;
+use sha2::Digest;
 
 /// What a jail root holds (seen through `/proc/<pid>/root`).
 const JAIL_ENTRIES: [&str; 8] = ["brig-vmm", "dev", "images", "initramfs.cpio", "proc", "state", "vm.json", "vmlinux"];
@@ -169,6 +170,16 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
     drop(busy.stdout.take());
     let _ = busy.wait();
 
+    // A marker that exists only in a guest process's memory: the shell joins its two
+    // halves into a variable, so neither the exec request nor argv holds it whole.
+    let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let marker = format!("brig-marker-{pid}-{suffix}");
+    let script = format!("m=\"brig-mark\"\"er-{pid}-{suffix}\"; while :; do sleep 1; done");
+    let holder = containerd
+        .command(&["task", "exec", "--exec-id", "marker", "jailed", "sh", "-c", &script])
+        .spawn()
+        .expect("exec the marker holder");
+    std::thread::sleep(Duration::from_secs(1));
     containerd.assert_ok(&containerd.ctr(&["task", "pause", "jailed"]));
     containerd.wait_for_status("jailed", "PAUSED");
     assert_jailed(pid, "paused");
@@ -198,12 +209,59 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
     let again = control.save_state_to(&file).expect_err("a file that is not empty");
     assert!(again.to_string().contains("is not empty"), "{again}");
     std::fs::remove_file(&evidence).expect("cleanup");
+    // Guest RAM as an ELF core, through a descriptor too.
+    let core_path = std::env::temp_dir().join(format!("brig-jail-memory-{pid}.elf"));
+    let _ = std::fs::remove_file(&core_path);
+    // Through a pipe, as the brig CLI does: the file's page cache is then the reader's,
+    // not charged to the sandbox's cgroup.
+    let (pipe_out, pipe_in) = nix::unistd::pipe().expect("pipe");
+    // The reader hashes what it receives, as the brig CLI will: brig-vmm's digest is a claim.
+    let copier = {
+        let core_path = core_path.clone();
+        std::thread::spawn(move || -> std::io::Result<(u64, String)> {
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&core_path)?;
+            let mut pipe = std::fs::File::from(pipe_out);
+            let (mut sha, mut total, mut buf) = (sha2::Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+            loop {
+                let n = std::io::Read::read(&mut pipe, &mut buf)?;
+                if n == 0 {
+                    return Ok((total, sha.finalize().iter().map(|b| format!("{b:02x}")).collect()));
+                }
+                sha.update(&buf[..n]);
+                std::io::Write::write_all(&mut file, &buf[..n])?;
+                total += n as u64;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let dumped = control.dump_memory_to(&pipe_in, Duration::from_secs(120)).expect("dump-memory-fd");
+    drop(pipe_in);
+    let (copied, digest) = copier.join().expect("copier").expect("copy the pipe into memory.elf");
+    eprintln!("dump-memory-fd: {} bytes in {:?}", dumped.bytes, started.elapsed());
+    assert_eq!(copied, dumped.bytes, "the pipe carried the whole file");
+    assert_eq!(dumped.sha256, digest, "brig-vmm's digest is that of what came through the pipe");
+    let mut head = [0u8; 64];
+    std::io::Read::read_exact(&mut std::fs::File::open(&core_path).expect("memory.elf"), &mut head).expect("header");
+    assert!(head.starts_with(b"\x7fELF") && head[16] == 4, "an ELF core");
+    assert_eq!((dumped.vcpus, dumped.regions), (1, 1));
+    assert!(dumped.bytes > 128 << 20, "all 128 MiB of guest RAM: {} bytes", dumped.bytes);
+    let found =
+        std::process::Command::new("grep").args(["-c", "-a", "-F", &marker]).arg(&core_path).output().expect("grep");
+    assert!(found.status.success(), "the guest's marker {marker} is in memory.elf: {}", describe(&found));
+    let readelf = std::process::Command::new("readelf").args(["-l", "-n"]).arg(&core_path).output().expect("readelf");
+    let listing = String::from_utf8_lossy(&readelf.stdout);
+    assert!(readelf.status.success(), "{}", describe(&readelf));
+    assert!(listing.contains("NT_PRSTATUS") && listing.contains("QEMU") && listing.contains("LOAD"), "{listing}");
+    std::fs::remove_file(&core_path).expect("cleanup");
     assert_jailed(pid, "after save-state");
     control.resume().expect("resume the vCPUs");
     containerd.assert_ok(&containerd.ctr(&["task", "resume", "jailed"]));
     containerd.wait_for_status("jailed", "RUNNING");
     assert_jailed(pid, "resumed");
 
+    let mut holder = holder;
+    let _ = containerd.ctr(&["task", "kill", "--exec-id", "marker", "--signal", "SIGKILL", "jailed"]);
+    let _ = holder.wait();
     containerd.assert_ok(&containerd.kill_and_delete("jailed"));
     containerd.assert_no_leftovers("a jailed task");
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crate::wire::{self, MAX_LINE};
 use crate::API_VERSION;
-use crate::{ApiError, ApiVersion, ErrorCode, Request, Response, RunState, Saved, VersionInfo, VmMetrics, VmState};
+use crate::{
+    ApiError, ApiVersion, ErrorCode, MemoryDumped, Request, Response, RunState, Saved, VersionInfo, VmMetrics, VmState,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -173,16 +175,31 @@ impl Client {
         expect(&request, answer, saved)
     }
 
+    /// `dump-memory-fd`: brig-vmm writes guest RAM as an ELF core into `file` (an
+    /// empty regular file or a pipe's write end, sent as `SCM_RIGHTS`). It answers
+    /// once all of it is written, so `timeout` must allow for the guest's size.
+    pub fn dump_memory_to(&mut self, file: impl AsFd, timeout: Duration) -> Result<MemoryDumped, ClientError> {
+        let request = Request::DumpMemoryFd {};
+        let line = wire::request_line(&request);
+        send_with_fd(self.reader.get_ref(), &line, file.as_fd()).map_err(io_error(self.timeout))?;
+        self.reader.get_ref().set_read_timeout(Some(timeout)).map_err(ClientError::Io)?;
+        let answer = self.read_answer_within(timeout);
+        self.reader.get_ref().set_read_timeout(Some(self.timeout)).map_err(ClientError::Io)?;
+        expect(&request, answer?, |a| if let Response::MemoryDumped(d) = a { Some(d) } else { None })
+    }
+
     fn typed<T>(&mut self, request: Request, pick: impl FnOnce(Response) -> Option<T>) -> Result<T, ClientError> {
         let answer = self.call(&request)?;
         expect(&request, answer, pick)
     }
 
     fn read_answer(&mut self) -> Result<Response, ClientError> {
+        self.read_answer_within(self.timeout)
+    }
+
+    fn read_answer_within(&mut self, timeout: Duration) -> Result<Response, ClientError> {
         let mut answer = Vec::new();
-        Read::take(&mut self.reader, MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut answer)
-            .map_err(io_error(self.timeout))?;
+        Read::take(&mut self.reader, MAX_LINE as u64 + 1).read_until(b'\n', &mut answer).map_err(io_error(timeout))?;
         if answer.len() > MAX_LINE {
             return Err(ClientError::TooLong);
         }

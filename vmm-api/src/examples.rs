@@ -2,7 +2,10 @@
 //! the generated table in docs/control-socket.md use.
 
 use crate::metrics::{Counters, MemoryUsage};
-use crate::{DeviceInfo, ErrorCode, Request, Response, RunState, Saved, VersionInfo, VmMetrics, VmState, API_VERSION};
+use crate::{
+    DeviceInfo, ErrorCode, MemoryDumped, Request, Response, RunState, Saved, VersionInfo, VmMetrics, VmState,
+    API_VERSION,
+};
 
 /// Every request with a typical answer, then a failed request with its error.
 pub fn exchanges() -> Vec<(Request, Response)> {
@@ -39,6 +42,15 @@ pub fn exchanges() -> Vec<(Request, Response)> {
             Response::Saved(Saved { path: Some(state_path.clone()), bytes: 48_213 }),
         ),
         (Request::SaveStateFd {}, Response::Saved(Saved { path: None, bytes: 48_213 })),
+        (
+            Request::DumpMemoryFd {},
+            Response::MemoryDumped(MemoryDumped {
+                bytes: 268_439_552,
+                sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+                vcpus: 2,
+                regions: 1,
+            }),
+        ),
         (
             Request::SaveState { path: state_path },
             Response::error(ErrorCode::FailedPrecondition, "save-state needs a paused VM: send pause first"),

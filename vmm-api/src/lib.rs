@@ -28,12 +28,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use request::Request;
-pub use response::{ApiError, DeviceInfo, ErrorCode, Response, RunState, Saved, VersionInfo, VmMetrics, VmState};
+pub use response::{
+    ApiError, DeviceInfo, ErrorCode, MemoryDumped, Response, RunState, Saved, VersionInfo, VmMetrics, VmState,
+};
 
 /// The control API's version. A minor bump adds requests or answer fields that old
 /// clients ignore; a major bump changes what existing ones mean, and both sides
 /// refuse a peer of another major version.
-pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 1 };
+pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 2 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiVersion {

@@ -34,6 +34,10 @@ pub enum Request {
     /// (`SCM_RIGHTS`): an empty regular file the client opened for writing. brig-vmm
     /// needs no path and no write access outside its jail (API 1.1).
     SaveStateFd {},
+    /// Writes guest RAM and the vCPUs' registers as an ELF64 core (`memory.elf`,
+    /// docs/snapshot-format.md) into the descriptor sent with this request line
+    /// (`SCM_RIGHTS`): an empty regular file or a pipe (needs a paused VM; API 1.2).
+    DumpMemoryFd {},
 }
 
 impl Request {
@@ -48,6 +52,7 @@ impl Request {
             Request::Metrics {} => "metrics",
             Request::SaveState { .. } => "save-state",
             Request::SaveStateFd {} => "save-state-fd",
+            Request::DumpMemoryFd {} => "dump-memory-fd",
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum Response {
     Metrics(Box<VmMetrics>),
     /// To `save-state`.
     Saved(Saved),
+    /// To `dump-memory-fd`.
+    MemoryDumped(MemoryDumped),
     /// To any request that failed.
     Error(ApiError),
 }
@@ -38,6 +40,7 @@ impl Response {
             Response::State(_) => "state",
             Response::Metrics(_) => "metrics",
             Response::Saved(_) => "saved",
+            Response::MemoryDumped(_) => "memory-dumped",
             Response::Error(_) => "error",
         }
     }
@@ -99,6 +102,19 @@ pub struct DeviceInfo {
 pub struct VmMetrics {
     pub counters: Counters,
     pub memory: MemoryUsage,
+}
+
+/// What `dump-memory-fd` wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryDumped {
+    pub bytes: u64,
+    /// SHA-256 of the whole file as brig-vmm wrote it (hex). A reader that hashes
+    /// what it receives can compare; it is brig-vmm's claim, not proof.
+    pub sha256: String,
+    /// `NT_PRSTATUS` notes (one per vCPU).
+    pub vcpus: u8,
+    /// Guest-physical RAM regions, as `PT_LOAD` segments.
+    pub regions: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

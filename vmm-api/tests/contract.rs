@@ -68,10 +68,14 @@ fn generated_docs() -> String {
 #[test]
 fn every_request_kind_has_an_example() {
     let ops: std::collections::BTreeSet<&str> = exchanges().iter().map(|(r, _)| r.op()).collect();
-    let all = ["version", "pause", "resume", "shutdown", "state", "metrics", "save-state", "save-state-fd"];
+    let all =
+        ["version", "pause", "resume", "shutdown", "state", "metrics", "save-state", "save-state-fd", "dump-memory-fd"];
     assert_eq!(ops, all.into_iter().collect());
     let kinds: std::collections::BTreeSet<&str> = exchanges().iter().map(|(_, a)| a.kind()).collect();
-    assert_eq!(kinds, ["version", "run-state", "state", "metrics", "saved", "error"].into_iter().collect());
+    assert_eq!(
+        kinds,
+        ["version", "run-state", "state", "metrics", "saved", "memory-dumped", "error"].into_iter().collect()
+    );
 }
 
 #[test]

@@ -23,6 +23,8 @@ pub const BASE: &[&str] = &[
     "erofs-utils",
     "protobuf-compiler",
     "iproute2",
+    // readelf: the forensic tests read memory.elf's headers and notes with it.
+    "binutils",
 ];
 
 /// containerd and its peers, for the shim's end-to-end tests and the demo.

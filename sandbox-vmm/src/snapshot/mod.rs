@@ -68,14 +68,7 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<u64, SnapshotError>
 /// opened and sent: brig-vmm needs no path for it); returns the bytes written.
 pub fn write_to<T: Serialize>(mut file: std::fs::File, display: &str, value: &T) -> Result<u64, SnapshotError> {
     let display = display.to_owned();
-    let meta = file.metadata().map_err(|source| SnapshotError::Create { path: display.clone(), source })?;
-    if !meta.file_type().is_file() || meta.len() != 0 {
-        let what = if meta.file_type().is_file() { "is not empty" } else { "is not a regular file" };
-        return Err(SnapshotError::Create {
-            path: display,
-            source: std::io::Error::other(format!("{what}: send an empty file opened for writing")),
-        });
-    }
+    check_output(&file, false).map_err(|source| SnapshotError::Create { path: display.clone(), source })?;
     let payload = serde_json::to_vec(value).map_err(SnapshotError::Encode)?;
     let mut prefix = Vec::with_capacity(PREFIX_LEN);
     prefix.extend_from_slice(&MAGIC);
@@ -87,6 +80,20 @@ pub fn write_to<T: Serialize>(mut file: std::fs::File, display: &str, value: &T)
     file.write_all(&payload).map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok((prefix.len() + payload.len()) as u64)
+}
+
+/// Checks a descriptor a client sent for output: an empty regular file (or, with
+/// `pipe`, a pipe), so nothing already there is overwritten or mixed in.
+pub fn check_output(file: &std::fs::File, pipe: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    if (kind.is_file() && meta.len() == 0) || (pipe && kind.is_fifo()) {
+        return Ok(());
+    }
+    let what = if kind.is_file() { "is not empty" } else { "is not a regular file" };
+    let want = if pipe { "an empty file opened for writing, or a pipe" } else { "an empty file opened for writing" };
+    Err(std::io::Error::other(format!("{what}: send {want}")))
 }
 
 /// The checksum a state file carries for `payload`.

@@ -1,0 +1,402 @@
+//! `memory.elf`: guest RAM of a paused VM as an ELF64 core that crash, gdb and
+//! Volatility open (docs/control-socket.md, `dump-memory-fd`).
+//!
+//! Layout, in file order: the ELF header; one `PT_NOTE` program header, then one
+//! `PT_LOAD` per guest-physical RAM region (sorted, `p_paddr` = guest-physical
+//! address, `p_vaddr` = the kernel's direct map of it, `p_align` 0 as kdump and QEMU
+//! write it, so crash reads notes at their 4-byte-aligned places); the notes: one
+//! `CORE`/`NT_PRSTATUS` per vCPU (`pr_pid` = vCPU index + 1, the registers as
+//! `user_regs_struct`), then one QEMU-style CPU state per vCPU (control registers,
+//! segment bases, GDT/IDT: what crash needs to walk page tables and backtrace a
+//! running CPU); zero padding to a page; then each region's bytes.
+//!
+//! The header types are linux-loader's ELF64 definitions (already brig-vmm's,
+//! for loading the kernel). Guest memory is read only through vm-memory's volatile
+//! accessors, through one bounce buffer that also feeds SHA-256: the digest covers
+//! the whole file as written, and no byte is read twice.
+
+use std::io::Write;
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use linux_loader::elf::{Elf64_Ehdr, Elf64_Nhdr, Elf64_Phdr};
+use sha2::{Digest, Sha256};
+use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+
+use crate::vcpu::VcpuState;
+
+const ELF_HEADER: u64 = 64;
+const PROGRAM_HEADER: u64 = 56;
+const PAGE: u64 = 4096;
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const PF_RWX: u32 = 7;
+const NT_PRSTATUS: u32 = 1;
+/// `struct elf_prstatus` on x86_64 (what gdb and BFD accept).
+pub const PRSTATUS_SIZE: usize = 336;
+/// `pr_reg` (27 × u64 of `user_regs_struct`) inside it.
+const PR_REG: usize = 112;
+/// QEMU's `QEMUCPUState`, version 1, with `kernel_gs_base` at its end.
+pub const QEMU_CPU_STATE_SIZE: usize = 440;
+/// The direct map of a non-KASLR x86_64 kernel, 4- and 5-level paging.
+const PAGE_OFFSET_L4: u64 = 0xffff_8880_0000_0000;
+const PAGE_OFFSET_L5: u64 = 0xff11_0000_0000_0000;
+const CR4_LA57: u64 = 1 << 12;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// Guest memory goes to the file in pieces of this size.
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("cannot write the memory dump")]
+    Write(#[source] std::io::Error),
+    #[error("cannot read guest memory at {gpa:#x}")]
+    Read { gpa: u64, source: vm_memory::GuestMemoryError },
+}
+
+/// One paused vCPU, as the notes need it.
+#[derive(Debug, Clone)]
+pub struct Cpu {
+    pub index: u8,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    /// MSR `KERNEL_GS_BASE`.
+    pub kernel_gs_base: u64,
+}
+
+impl From<&VcpuState> for Cpu {
+    fn from(state: &VcpuState) -> Cpu {
+        let kernel_gs_base = state.msrs.iter().find(|m| m.index == MSR_KERNEL_GS_BASE).map_or(0, |m| m.data);
+        Cpu { index: state.index, regs: state.regs, sregs: state.sregs, kernel_gs_base }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dumped {
+    pub bytes: u64,
+    /// SHA-256 of the whole file, as written.
+    pub sha256: [u8; 32],
+}
+
+/// Writes the core of `memory` (its RAM `regions`, `(gpa, len)` sorted) and the
+/// paused `vcpus` into `out`, sequentially.
+pub fn write(
+    out: &mut impl Write,
+    memory: &GuestMemoryMmap,
+    regions: &[(u64, u64)],
+    vcpus: &[Cpu],
+) -> Result<Dumped, DumpError> {
+    let head = header_block(regions, vcpus);
+    let mut sink = HashingSink { out, sha: Sha256::new(), bytes: 0, buf: vec![0; CHUNK] };
+    sink.emit(&head).map_err(DumpError::Write)?;
+    for &(gpa, len) in regions {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK as u64) as usize;
+            let at = GuestAddress(gpa + done);
+            let slice = memory.get_slice(at, n).map_err(|source| DumpError::Read { gpa: at.0, source })?;
+            sink.copy_from(&slice).map_err(DumpError::Write)?;
+            done += n as u64;
+        }
+    }
+    sink.out.flush().map_err(DumpError::Write)?;
+    Ok(Dumped { bytes: sink.bytes, sha256: sink.sha.finalize().into() })
+}
+
+struct HashingSink<'a, W: Write> {
+    out: &'a mut W,
+    sha: Sha256,
+    bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> HashingSink<'_, W> {
+    fn emit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.sha.update(bytes);
+        self.out.write_all(bytes)?;
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Guest bytes through the bounce buffer (a volatile copy, never a slice of guest memory).
+    fn copy_from(&mut self, slice: &VolatileSlice<'_, ()>) -> std::io::Result<()> {
+        let n = slice.copy_to(&mut self.buf[..slice.len()]);
+        let chunk = std::mem::take(&mut self.buf);
+        let result = self.emit(&chunk[..n]);
+        self.buf = chunk;
+        result
+    }
+}
+
+/// Where the data of each region starts, after the headers and notes.
+fn data_offset(regions: &[(u64, u64)], notes: usize) -> u64 {
+    let notes_end = ELF_HEADER + PROGRAM_HEADER * (1 + regions.len() as u64) + notes as u64;
+    notes_end.div_ceil(PAGE) * PAGE
+}
+
+/// The ELF header, program headers and notes, padded to where RAM starts.
+pub fn header_block(regions: &[(u64, u64)], vcpus: &[Cpu]) -> Vec<u8> {
+    let mut notes = Vec::new();
+    for vcpu in vcpus {
+        note(&mut notes, b"CORE\0", NT_PRSTATUS, &prstatus(vcpu.index, &vcpu.regs, &vcpu.sregs));
+    }
+    for vcpu in vcpus {
+        note(&mut notes, b"QEMU\0", 0, &qemu_cpu_state(&vcpu.regs, &vcpu.sregs, vcpu.kernel_gs_base));
+    }
+    let phnum = 1 + regions.len() as u64;
+    let notes_at = ELF_HEADER + PROGRAM_HEADER * phnum;
+    let data_at = data_offset(regions, notes.len());
+    let mut ident = [0u8; 16];
+    ident[..4].copy_from_slice(b"\x7fELF");
+    ident[4] = 2; // ELFCLASS64
+    ident[5] = 1; // ELFDATA2LSB
+    ident[6] = 1; // EV_CURRENT
+    let ehdr = Elf64_Ehdr {
+        e_ident: ident,
+        e_type: 4,     // ET_CORE
+        e_machine: 62, // EM_X86_64
+        e_version: 1,
+        e_phoff: ELF_HEADER,
+        e_ehsize: ELF_HEADER as u16,
+        e_phentsize: PROGRAM_HEADER as u16,
+        e_phnum: phnum as u16,
+        ..Elf64_Ehdr::default()
+    };
+    let mut head = ehdr.as_slice().to_vec();
+    let note_header = Elf64_Phdr {
+        p_type: PT_NOTE,
+        p_offset: notes_at,
+        p_filesz: notes.len() as u64,
+        p_memsz: notes.len() as u64,
+        ..Elf64_Phdr::default()
+    };
+    head.extend_from_slice(note_header.as_slice());
+    let page_offset = match vcpus.first() {
+        Some(vcpu) if vcpu.sregs.cr4 & CR4_LA57 != 0 => PAGE_OFFSET_L5,
+        _ => PAGE_OFFSET_L4,
+    };
+    let mut offset = data_at;
+    for &(gpa, len) in regions {
+        let load = Elf64_Phdr {
+            p_type: PT_LOAD,
+            p_flags: PF_RWX,
+            p_offset: offset,
+            p_vaddr: page_offset.wrapping_add(gpa),
+            p_paddr: gpa,
+            p_filesz: len,
+            p_memsz: len,
+            p_align: 0,
+        };
+        head.extend_from_slice(load.as_slice());
+        offset += len;
+    }
+    head.extend_from_slice(&notes);
+    head.resize(data_at as usize, 0);
+    head
+}
+
+/// One note: header, name and descriptor, each padded to 4 bytes.
+fn note(out: &mut Vec<u8>, name: &[u8], kind: u32, desc: &[u8]) {
+    let header = Elf64_Nhdr { n_namesz: name.len() as u32, n_descsz: desc.len() as u32, n_type: kind };
+    out.extend_from_slice(header.as_slice());
+    for part in [name, desc] {
+        out.extend_from_slice(part);
+        out.resize(out.len().div_ceil(4) * 4, 0);
+    }
+}
+
+fn put(buf: &mut [u8], at: usize, value: u64) {
+    buf[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+/// `struct elf_prstatus` of vCPU `index`: `pr_pid` = index + 1 (gdb's thread ids),
+/// the registers in `user_regs_struct` order.
+pub fn prstatus(index: u8, regs: &kvm_regs, sregs: &kvm_sregs) -> [u8; PRSTATUS_SIZE] {
+    let mut buf = [0u8; PRSTATUS_SIZE];
+    buf[32..36].copy_from_slice(&(i32::from(index) + 1).to_le_bytes());
+    let user_regs = [
+        regs.r15,
+        regs.r14,
+        regs.r13,
+        regs.r12,
+        regs.rbp,
+        regs.rbx,
+        regs.r11,
+        regs.r10,
+        regs.r9,
+        regs.r8,
+        regs.rax,
+        regs.rcx,
+        regs.rdx,
+        regs.rsi,
+        regs.rdi,
+        u64::MAX, // orig_rax: not in a system call
+        regs.rip,
+        u64::from(sregs.cs.selector),
+        regs.rflags,
+        regs.rsp,
+        u64::from(sregs.ss.selector),
+        sregs.fs.base,
+        sregs.gs.base,
+        u64::from(sregs.ds.selector),
+        u64::from(sregs.es.selector),
+        u64::from(sregs.fs.selector),
+        u64::from(sregs.gs.selector),
+    ];
+    for (i, value) in user_regs.into_iter().enumerate() {
+        put(&mut buf, PR_REG + 8 * i, value);
+    }
+    buf
+}
+
+/// QEMU's CPU state note (version 1): general registers, segments, GDT/IDT and
+/// control registers, then `kernel_gs_base`.
+pub fn qemu_cpu_state(regs: &kvm_regs, sregs: &kvm_sregs, kernel_gs_base: u64) -> [u8; QEMU_CPU_STATE_SIZE] {
+    let mut buf = [0u8; QEMU_CPU_STATE_SIZE];
+    buf[0..4].copy_from_slice(&1u32.to_le_bytes());
+    buf[4..8].copy_from_slice(&(QEMU_CPU_STATE_SIZE as u32).to_le_bytes());
+    let general = [
+        regs.rax,
+        regs.rbx,
+        regs.rcx,
+        regs.rdx,
+        regs.rsi,
+        regs.rdi,
+        regs.rsp,
+        regs.rbp,
+        regs.r8,
+        regs.r9,
+        regs.r10,
+        regs.r11,
+        regs.r12,
+        regs.r13,
+        regs.r14,
+        regs.r15,
+        regs.rip,
+        regs.rflags,
+    ];
+    for (i, value) in general.into_iter().enumerate() {
+        put(&mut buf, 8 + 8 * i, value);
+    }
+    let segments = [&sregs.cs, &sregs.ds, &sregs.es, &sregs.fs, &sregs.gs, &sregs.ss, &sregs.ldt, &sregs.tr];
+    for (i, segment) in segments.into_iter().enumerate() {
+        let at = 152 + 24 * i;
+        buf[at..at + 4].copy_from_slice(&u32::from(segment.selector).to_le_bytes());
+        buf[at + 4..at + 8].copy_from_slice(&segment.limit.to_le_bytes());
+        buf[at + 8..at + 12].copy_from_slice(&segment_flags(segment).to_le_bytes());
+        put(&mut buf, at + 16, segment.base);
+    }
+    for (at, table) in [(344, &sregs.gdt), (368, &sregs.idt)] {
+        buf[at + 4..at + 8].copy_from_slice(&u32::from(table.limit).to_le_bytes());
+        put(&mut buf, at + 16, table.base);
+    }
+    for (i, cr) in [sregs.cr0, 0, sregs.cr2, sregs.cr3, sregs.cr4].into_iter().enumerate() {
+        put(&mut buf, 392 + 8 * i, cr);
+    }
+    put(&mut buf, 432, kernel_gs_base);
+    buf
+}
+
+/// The high dword of an x86 segment descriptor, from KVM's unpacked segment.
+fn segment_flags(s: &kvm_segment) -> u32 {
+    let present = s.present != 0 && s.unusable == 0;
+    (u32::from(s.type_) << 8)
+        | (u32::from(s.s) << 12)
+        | (u32::from(s.dpl) << 13)
+        | (u32::from(present) << 15)
+        | (u32::from(s.avl) << 20)
+        | (u32::from(s.l) << 21)
+        | (u32::from(s.db) << 22)
+        | (u32::from(s.g) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    fn u64_at(buf: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    fn u32_at(buf: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    fn vcpu(index: u8) -> Cpu {
+        let regs = kvm_regs {
+            rip: 0xffff_ffff_8100_0000 + u64::from(index),
+            rsp: 0xffff_c900_0000_1000,
+            rax: 7,
+            ..Default::default()
+        };
+        let mut sregs = kvm_sregs { cr3: 0x10_0000, cr4: 0x20, ..Default::default() };
+        sregs.cs = kvm_segment { selector: 0x10, type_: 0xb, s: 1, present: 1, l: 1, ..Default::default() };
+        sregs.gs.base = 0xffff_8880_0fc0_0000;
+        sregs.idt.base = 0xffff_ffff_ff57_8000;
+        sregs.idt.limit = 0xfff;
+        Cpu { index, regs, sregs, kernel_gs_base: 0x1234 }
+    }
+
+    #[test]
+    fn registers_sit_where_gdb_and_crash_read_them() {
+        let v = vcpu(1);
+        let pr = prstatus(v.index, &v.regs, &v.sregs);
+        assert_eq!(u32_at(&pr, 32), 2, "pr_pid = vCPU index + 1");
+        assert_eq!(u64_at(&pr, 112 + 8 * 16), v.regs.rip, "rip");
+        assert_eq!(u64_at(&pr, 112 + 8 * 19), v.regs.rsp, "rsp");
+        assert_eq!(u64_at(&pr, 112 + 8 * 10), 7, "rax");
+        assert_eq!(u64_at(&pr, 112 + 8 * 17), 0x10, "cs");
+        assert_eq!(u64_at(&pr, 112 + 8 * 22), v.sregs.gs.base, "gs_base");
+        let q = qemu_cpu_state(&v.regs, &v.sregs, 0x1234);
+        assert_eq!((u32_at(&q, 0), u32_at(&q, 4)), (1, 440));
+        assert_eq!(u64_at(&q, 136), v.regs.rip);
+        assert_eq!(u64_at(&q, 416), 0x10_0000, "cr3");
+        assert_eq!(u64_at(&q, 424), 0x20, "cr4");
+        assert_eq!(u64_at(&q, 368 + 16), v.sregs.idt.base, "idt base");
+        assert_eq!(u32_at(&q, 368 + 4), 0xfff, "idt limit");
+        assert_eq!(u64_at(&q, 432), 0x1234, "kernel_gs_base");
+        // cs: type 0xb, S, present, L.
+        assert_eq!(u32_at(&q, 152 + 8), (0xb << 8) | (1 << 12) | (1 << 15) | (1 << 21));
+    }
+
+    #[test]
+    fn the_file_is_headers_notes_then_ram_and_hashed_as_written() {
+        let regions = [(0u64, 2 * PAGE), (0x1_0000_0000, PAGE)];
+        let memory = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 2 * PAGE as usize),
+            (GuestAddress(0x1_0000_0000), PAGE as usize),
+        ])
+        .expect("memory");
+        memory.write_slice(b"brig-marker-0123", GuestAddress(PAGE + 16)).expect("marker");
+        memory.write_slice(b"high", GuestAddress(0x1_0000_0000)).expect("high");
+        let vcpus = [vcpu(0), vcpu(1)];
+        let mut file = Vec::new();
+        let dumped = write(&mut file, &memory, &regions, &vcpus).expect("dump");
+        assert_eq!(dumped.bytes, file.len() as u64);
+        assert_eq!(dumped.sha256, <[u8; 32]>::from(Sha256::digest(&file)), "the digest is the file's");
+        assert_eq!(&file[..4], b"\x7fELF");
+        assert_eq!(u16::from_le_bytes([file[16], file[17]]), 4, "ET_CORE");
+        assert_eq!(u16::from_le_bytes([file[18], file[19]]), 62, "EM_X86_64");
+        assert_eq!(u16::from_le_bytes([file[56], file[57]]), 3, "PT_NOTE + 2 PT_LOAD");
+        let phdr = |i: usize| &file[64 + 56 * i..64 + 56 * (i + 1)];
+        assert_eq!(u32_at(phdr(0), 0), PT_NOTE, "the note comes first");
+        let notes_len = u64_at(phdr(0), 32) as usize;
+        assert_eq!(notes_len, 2 * 356 + 2 * 460, "2 × NT_PRSTATUS + 2 × QEMU");
+        let data = data_offset(&regions, notes_len);
+        assert_eq!(data % PAGE, 0);
+        for (i, &(gpa, len)) in regions.iter().enumerate() {
+            let p = phdr(1 + i);
+            assert_eq!(u32_at(p, 0), PT_LOAD);
+            assert_eq!((u64_at(p, 24), u64_at(p, 32), u64_at(p, 40), u64_at(p, 48)), (gpa, len, len, 0));
+            assert_eq!(u64_at(p, 16), PAGE_OFFSET_L4 + gpa, "p_vaddr: the direct map");
+        }
+        let at = |gpa_offset: u64| (data + gpa_offset) as usize;
+        assert_eq!(&file[at(PAGE + 16)..at(PAGE + 32)], b"brig-marker-0123", "RAM at its p_offset");
+        assert_eq!(&file[at(2 * PAGE)..at(2 * PAGE) + 4], b"high", "the second region follows the first");
+        assert_eq!(file.len() as u64, data + 3 * PAGE);
+        let first_note = &file[64 + 56 * 3..];
+        assert_eq!((u32_at(first_note, 0), u32_at(first_note, 4), u32_at(first_note, 8)), (5, 336, 1));
+        assert_eq!(&first_note[12..17], b"CORE\0");
+    }
+}
