@@ -248,6 +248,28 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
     let found =
         std::process::Command::new("grep").args(["-c", "-a", "-F", &marker]).arg(&core_path).output().expect("grep");
     assert!(found.status.success(), "the guest's marker {marker} is in memory.elf: {}", describe(&found));
+    // gdb reads the vCPU's registers from the core: those save-state recorded (the VM
+    // stayed paused in between).
+    let state: brig_vmm::snapshot::MachineState =
+        brig_vmm::snapshot::read(&task_dir_of(pid).join("jail/state/saved.bin")).expect("state.bin verifies");
+    let gdb = std::process::Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "info threads", "-ex", "info registers rip rsp"])
+        .arg("-c")
+        .arg(&core_path)
+        .output()
+        .expect("gdb");
+    let shown = String::from_utf8_lossy(&gdb.stdout).into_owned();
+    let register = |name: &str| {
+        shown.lines().find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(name))
+                .then(|| words.next().and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()))?
+        })
+    };
+    let vcpu = &state.vcpus[0];
+    assert_eq!(register("rip"), Some(vcpu.regs.rip), "gdb's rip is state.bin's: {}", describe(&gdb));
+    assert_eq!(register("rsp"), Some(vcpu.regs.rsp), "gdb's rsp is state.bin's: {}", describe(&gdb));
+    assert!(shown.contains("LWP 1"), "one thread per vCPU, numbered from 1: {}", describe(&gdb));
     let readelf = std::process::Command::new("readelf").args(["-l", "-n"]).arg(&core_path).output().expect("readelf");
     let listing = String::from_utf8_lossy(&readelf.stdout);
     assert!(readelf.status.success(), "{}", describe(&readelf));

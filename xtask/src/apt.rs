@@ -23,8 +23,9 @@ pub const BASE: &[&str] = &[
     "erofs-utils",
     "protobuf-compiler",
     "iproute2",
-    // readelf: the forensic tests read memory.elf's headers and notes with it.
+    // readelf and gdb: the forensic tests open memory.elf with them.
     "binutils",
+    "gdb",
 ];
 
 /// containerd and its peers, for the shim's end-to-end tests and the demo.
