@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ps;
+mod snapshot;
 
 const ABOUT: &str = "brig: inspect the micro-VMs that brig runs containers in";
 
@@ -41,12 +42,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Ps(ps::Args),
+    Snapshot(snapshot::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Ps(args) => ps::run(&args),
+        Command::Snapshot(args) => snapshot::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

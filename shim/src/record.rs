@@ -30,6 +30,8 @@ pub struct TaskRecord {
     pub rootfs: Option<PathBuf>,
     /// brig-vmm's control socket, host side.
     pub api: PathBuf,
+    /// The guest console log, host side (in the jail's `state/`: the sandbox uid's).
+    pub console: PathBuf,
     pub jailed: bool,
 }
 
@@ -57,7 +59,7 @@ impl TaskRecord {
             _ => None,
         };
         let jailed = jail.is_some();
-        let api = if jailed { dir.join("jail").join(STATE_DIR_NAME).join("api.sock") } else { dir.join("api.sock") };
+        let state = if jailed { dir.join("jail").join(STATE_DIR_NAME) } else { dir.to_path_buf() };
         Some(TaskRecord {
             dir: dir.to_path_buf(),
             namespace: namespace.to_owned(),
@@ -67,7 +69,8 @@ impl TaskRecord {
             vcpus: vm.as_ref().map(|vm| vm.machine.vcpus),
             memory_mib: vm.as_ref().map(|vm| vm.machine.memory_mib),
             rootfs,
-            api,
+            api: state.join("api.sock"),
+            console: state.join("console.log"),
             jailed,
         })
     }
@@ -119,6 +122,7 @@ mod tests {
         assert_eq!((task.vcpus, task.memory_mib, task.vmm_pid), (Some(2), Some(256), Some(4242)));
         assert_eq!(task.rootfs.as_deref(), Some(Path::new("/var/lib/brig/images/k.ext4")));
         assert_eq!(task.api, layout.api, "the shim's host-side socket");
+        assert_eq!(task.console, layout.console);
         assert!(!task.jailed);
         std::fs::remove_dir_all(&root).expect("cleanup");
     }

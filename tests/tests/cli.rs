@@ -103,3 +103,91 @@ fn brig_help_reads_like_a_man_page_and_bad_input_is_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&broken.display().to_string()), "{}", describe(&out));
     std::fs::remove_file(&broken).expect("cleanup");
 }
+
+/// SHA-256 of a file, hex.
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut sha = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut sha).expect("hash");
+    sha.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn brig_snapshot_captures_a_running_sandbox_that_goes_on_running() {
+    use std::os::unix::fs::MetadataExt;
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    let pid = containerd.run_idle("snap");
+    // A marker only a guest process holds whole (the shell joins its halves).
+    let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let marker = format!("brig-snap-{pid}-{suffix}");
+    let script = format!("m=\"brig-sn\"\"ap-{pid}-{suffix}\"; while :; do sleep 1; done");
+    let mut holder = containerd
+        .command(&["task", "exec", "--exec-id", "marker", "snap", "sh", "-c", &script])
+        .spawn()
+        .expect("exec the marker holder");
+    std::thread::sleep(Duration::from_secs(1));
+
+    let dir = std::env::temp_dir().join(format!("brig-snapshot-{pid}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let out = brig(&["snapshot", "snap", "-o", &dir_arg, "--reason", "integration test", "--operator", "ci"]);
+    assert!(out.status.success(), "brig snapshot: {}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vCPUs paused for"), "{}", describe(&out));
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.mode() & 0o777).unwrap_or(0);
+    assert_eq!(mode(&dir), 0o700);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json")).expect("json");
+    let subjects = manifest["subject"].as_array().expect("subjects");
+    let names: Vec<&str> = subjects.iter().filter_map(|s| s["name"].as_str()).collect();
+    for name in ["memory.elf", "state.bin", "config.json", "console.log", "vmm.log", "metrics.json"] {
+        assert!(names.contains(&name), "{name} in the manifest: {names:?}");
+    }
+    for subject in subjects {
+        let path = dir.join(subject["name"].as_str().expect("name"));
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        assert_eq!(subject["size"].as_u64(), std::fs::metadata(&path).ok().map(|m| m.len()), "{}", path.display());
+        assert_eq!(subject["digest"]["sha256"].as_str(), Some(sha256_of(&path).as_str()), "{}", path.display());
+    }
+    let mut listed: Vec<String> =
+        std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    listed.sort();
+    assert_eq!(listed.len(), subjects.len() + 1, "every file but the manifest is a subject: {listed:?}");
+    let predicate = &manifest["predicate"];
+    assert_eq!((predicate["reason"].as_str(), predicate["operator"].as_str()), (Some("integration test"), Some("ci")));
+    assert_eq!(predicate["resumed"], true);
+    assert_eq!(predicate["sandbox"]["vmm_pid"].as_u64(), Some(u64::from(pid)));
+    let memory_digest = subjects.iter().find(|s| s["name"] == "memory.elf").map(|s| s["digest"]["sha256"].clone());
+    assert_eq!(Some(predicate["vmm_reported_memory_sha256"].clone()), memory_digest);
+    let found =
+        Command::new("grep").args(["-c", "-a", "-F", &marker]).arg(dir.join("memory.elf")).output().expect("grep");
+    assert!(found.status.success(), "the guest's marker is in memory.elf: {}", describe(&found));
+
+    // The workload went on: its VM runs and answers.
+    assert_eq!(row(&ps(), "snap").map(|r| r["state"].clone()), Some("running".into()));
+    let exec = containerd.ctr(&["task", "exec", "--exec-id", "after", "snap", "echo", "still here"]);
+    assert!(String::from_utf8_lossy(&exec.stdout).contains("still here"), "{}", describe(&exec));
+
+    // Bad input: a used directory, an unknown id.
+    let again = brig(&["snapshot", "snap", "-o", &dir_arg]);
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        describe(&again)
+    );
+    let unknown = brig(&["snapshot", "nope", "-o", "/tmp/brig-never-made"]);
+    let text = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && text.contains("no brig sandbox `nope`") && text.contains("default/snap"),
+        "{text}"
+    );
+    assert!(!Path::new("/tmp/brig-never-made").exists(), "nothing is made for an unknown id");
+
+    let _ = containerd.ctr(&["task", "kill", "--exec-id", "marker", "--signal", "SIGKILL", "snap"]);
+    let _ = holder.wait();
+    containerd.assert_ok(&containerd.kill_and_delete("snap"));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    containerd.assert_no_leftovers("brig snapshot");
+}

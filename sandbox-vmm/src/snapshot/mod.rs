@@ -64,11 +64,11 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<u64, SnapshotError>
     write_to(file, &display, value)
 }
 
-/// Writes `value` into `file`, which must be an empty regular file (one a client
-/// opened and sent: brig-vmm needs no path for it); returns the bytes written.
+/// Writes `value` into `file`, which must be an empty regular file or a pipe (one a
+/// client opened and sent: brig-vmm needs no path for it); returns the bytes written.
 pub fn write_to<T: Serialize>(mut file: std::fs::File, display: &str, value: &T) -> Result<u64, SnapshotError> {
     let display = display.to_owned();
-    check_output(&file, false).map_err(|source| SnapshotError::Create { path: display.clone(), source })?;
+    check_output(&file, true).map_err(|source| SnapshotError::Create { path: display.clone(), source })?;
     let payload = serde_json::to_vec(value).map_err(SnapshotError::Encode)?;
     let mut prefix = Vec::with_capacity(PREFIX_LEN);
     prefix.extend_from_slice(&MAGIC);
@@ -78,7 +78,10 @@ pub fn write_to<T: Serialize>(mut file: std::fs::File, display: &str, value: &T)
     let io = |source| SnapshotError::Create { path: display.clone(), source };
     file.write_all(&prefix).map_err(io)?;
     file.write_all(&payload).map_err(io)?;
-    file.sync_all().map_err(io)?;
+    // A pipe has nothing to sync: its reader writes the file.
+    if file.metadata().map_err(io)?.file_type().is_file() {
+        file.sync_all().map_err(io)?;
+    }
     Ok((prefix.len() + payload.len()) as u64)
 }
 

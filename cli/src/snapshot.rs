@@ -1,0 +1,393 @@
+//! `brig snapshot`: freeze a sandbox through its brig-vmm, capture memory and
+//! state, resume it, and write a manifest of every file with its SHA-256.
+//!
+//! Every step is host-side: the vCPUs are paused through brig-vmm's control
+//! socket, never through the guest agent, and brig-vmm writes into pipes this
+//! command reads, hashing what arrives (brig-vmm's own digest is compared, not
+//! trusted), so brig-vmm never needs write access to the output directory.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use brig_shim::config::Config;
+use brig_shim::files::SocketPath;
+use brig_shim::record::{self, TaskRecord};
+use brig_vmm_api::client::Client;
+use brig_vmm_api::RunState;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// How long ordinary control requests may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a log file (console, vmm.log) taken: they are the sandbox's to fill.
+const MAX_LOG: u64 = 64 << 20;
+
+/// Capture a forensic snapshot of a running sandbox into DIR.
+///
+/// Pauses the vCPUs through brig-vmm's control socket (never through the guest
+/// agent), writes memory.elf (guest RAM and every vCPU's registers as an ELF core)
+/// and state.bin (vCPU, VM and device state), resumes the VM unless --keep-paused,
+/// then adds the container's OCI config.json, the console and VMM logs, brig-vmm's
+/// metrics and manifest.json: every file with its size and SHA-256 (hashed as it
+/// was written), the pause instant and the reason. DIR is created 0700, files
+/// 0600. Not yet: the manifest's signature and the custody log (issue 11).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The container (task) id, as `ctr task ls` or `brig ps` shows it.
+    id: String,
+    /// Where to write the snapshot: a new or empty directory.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    output: PathBuf,
+    /// Why it is taken (recorded in the manifest).
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Who takes it (recorded beside the uid running brig).
+    #[arg(long)]
+    operator: Option<String>,
+    /// Leave the vCPUs paused after the capture.
+    #[arg(long)]
+    keep_paused: bool,
+}
+
+/// One captured file.
+#[derive(Debug, Clone, Serialize)]
+struct Subject {
+    name: String,
+    size: u64,
+    digest: Digests,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Digests {
+    sha256: String,
+}
+
+/// The output directory and what has been written to it.
+struct Evidence {
+    dir: PathBuf,
+    subjects: Vec<Subject>,
+}
+
+impl Evidence {
+    fn create(dir: &Path) -> Result<Evidence> {
+        match std::fs::read_dir(dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    bail!("{} exists and is not empty: give a new or empty directory", dir.display());
+                }
+                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        }
+        Ok(Evidence { dir: dir.to_path_buf(), subjects: Vec::new() })
+    }
+
+    /// Copies `from` into a new file `name`, hashing what is written.
+    fn stream(&mut self, name: &str, mut from: impl Read) -> Result<Subject> {
+        let path = self.dir.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let (mut sha, mut size, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+        loop {
+            let n = from.read(&mut buf).with_context(|| format!("reading what goes into {name}"))?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+            file.write_all(&buf[..n]).with_context(|| format!("writing {}", path.display()))?;
+            size += n as u64;
+        }
+        file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+        let subject = Subject { name: name.into(), size, digest: Digests { sha256: hex(&sha.finalize()) } };
+        self.subjects.push(subject.clone());
+        Ok(subject)
+    }
+
+    fn write(&mut self, name: &str, bytes: &[u8]) -> Result<Subject> {
+        self.stream(name, bytes)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The task called `id`, or an error naming the ones there are.
+fn find(config: &Config, id: &str) -> Result<TaskRecord> {
+    let tasks = record::list(config)?;
+    let mut matching: Vec<&TaskRecord> = tasks.iter().filter(|t| t.id == id).collect();
+    match matching.len() {
+        1 => Ok(matching.remove(0).clone()),
+        0 => {
+            let known: Vec<String> = tasks.iter().map(|t| format!("{}/{}", t.namespace, t.id)).collect();
+            bail!(
+                "no brig sandbox `{id}`; there are: {}",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            )
+        }
+        _ => bail!(
+            "`{id}` is in several namespaces: {}",
+            matching.iter().map(|t| t.namespace.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The thread that copies a pipe into the evidence directory; it hands the
+/// directory back with what it wrote.
+type Copier = std::thread::JoinHandle<(Evidence, Result<Subject>)>;
+
+/// A pipe whose read end a thread copies into `name` in `evidence`.
+fn piped(evidence: Evidence, name: &'static str) -> Result<(std::os::fd::OwnedFd, Copier)> {
+    let (read, write) = nix::unistd::pipe().context("making a pipe")?;
+    let mut evidence = evidence;
+    let copier = std::thread::spawn(move || {
+        let subject = evidence.stream(name, File::from(read));
+        (evidence, subject)
+    });
+    Ok((write, copier))
+}
+
+/// Reads a file the sandbox can write (its console): never through a symlink, only a
+/// regular file, at most `MAX_LOG` bytes (the last ones).
+fn untrusted_log(path: &Path) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom};
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc_flags()).open(path);
+    let Ok(mut file) = opened else { return Vec::new() };
+    let Ok(meta) = file.metadata() else { return Vec::new() };
+    if !meta.file_type().is_file() {
+        return format!("({} is not a regular file: not read)\n", path.display()).into_bytes();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.seek(SeekFrom::Start(meta.len().saturating_sub(MAX_LOG)));
+    let _ = file.take(MAX_LOG).read_to_end(&mut bytes);
+    bytes
+}
+
+fn libc_flags() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits()
+}
+
+/// What the manifest says about the capture (an in-toto Statement's predicate).
+#[derive(Debug, Serialize)]
+struct Predicate {
+    sandbox: Sandbox,
+    reason: String,
+    operator: Option<String>,
+    uid: u32,
+    host: String,
+    paused_at_utc: String,
+    paused_at_unix_ns: u128,
+    /// CLOCK_MONOTONIC of this host at the pause, ns.
+    paused_at_monotonic_ns: u128,
+    vcpus_paused_ms: u64,
+    resumed: bool,
+    versions: Versions,
+    /// brig-vmm's own SHA-256 of memory.elf, equal to the one computed here.
+    vmm_reported_memory_sha256: String,
+    signed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Sandbox {
+    id: String,
+    namespace: String,
+    vmm_pid: Option<u32>,
+    rootfs_image: Option<String>,
+    jailed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Versions {
+    brig: String,
+    brig_vmm: String,
+    vmm_control_api: String,
+    host_kernel: String,
+    cpu_model: String,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let config = Config::load().context("reading brig's configuration")?;
+    let task = find(&config, &args.id)?;
+    let socket = SocketPath::open(&task.api)
+        .with_context(|| format!("{} has no control socket (has its VM exited?)", args.id))?;
+    let mut control = Client::connect(socket.path(), CONTROL_TIMEOUT).context("brig-vmm's control socket")?;
+    let before = control.state().context("asking brig-vmm for the VM's state")?;
+    let evidence = Evidence::create(&args.output)?;
+
+    let was_paused = before.state == RunState::Paused;
+    let started = Instant::now();
+    control.pause().context("pausing the vCPUs")?;
+    let paused_wall = SystemTime::now();
+    let paused_mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).context("CLOCK_MONOTONIC")?;
+    let captured = capture(&mut control, evidence, before.memory_mib);
+    // Resume whatever happened, unless asked not to: the workload must not stay frozen by a failed capture.
+    let resumed = !args.keep_paused && !was_paused;
+    if resumed {
+        control.resume().context("resuming the vCPUs")?;
+    }
+    let paused_for = started.elapsed();
+    let (mut evidence, vmm_sha) = captured?;
+
+    evidence.write("config.json", &std::fs::read(task.bundle.join("config.json")).unwrap_or_default())?;
+    evidence.write("console.log", &untrusted_log(&task.console))?;
+    evidence.write("vmm.log", &untrusted_log(&task.dir.join("vmm.log")))?;
+    let metrics = control.metrics().map(|m| serde_json::to_vec_pretty(&m)).context("brig-vmm's metrics")??;
+    evidence.write("metrics.json", &metrics)?;
+
+    let utc = humantime_utc(paused_wall);
+    let predicate = Predicate {
+        sandbox: Sandbox {
+            id: task.id.clone(),
+            namespace: task.namespace.clone(),
+            vmm_pid: task.vmm_pid,
+            rootfs_image: task.rootfs.as_ref().map(|p| p.display().to_string()),
+            jailed: task.jailed,
+        },
+        reason: args.reason.clone(),
+        operator: args.operator.clone(),
+        uid: nix::unistd::getuid().as_raw(),
+        host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        paused_at_utc: utc,
+        paused_at_unix_ns: paused_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+        paused_at_monotonic_ns: Duration::from(paused_mono).as_nanos(),
+        vcpus_paused_ms: paused_for.as_millis() as u64,
+        resumed,
+        versions: Versions {
+            brig: env!("CARGO_PKG_VERSION").into(),
+            brig_vmm: control.version.vmm_version.clone(),
+            vmm_control_api: control.version.api.to_string(),
+            host_kernel: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|c| {
+                    c.lines().find_map(|l| {
+                        l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+                    })
+                })
+                .unwrap_or_default(),
+        },
+        vmm_reported_memory_sha256: vmm_sha,
+        signed: false,
+    };
+    let statement = serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": evidence.subjects,
+        "predicateType": "urn:brig:snapshot:v1",
+        "predicate": predicate,
+    });
+    let path = evidence.dir.join("manifest.json");
+    let mut manifest = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    manifest.write_all(&serde_json::to_vec_pretty(&statement)?)?;
+    manifest.sync_all()?;
+    println!(
+        "snapshot of {}/{} in {}: {} files; vCPUs paused for {} ms{}",
+        task.namespace,
+        task.id,
+        evidence.dir.display(),
+        evidence.subjects.len() + 1,
+        paused_for.as_millis(),
+        if resumed { ", resumed" } else { "; left paused" }
+    );
+    Ok(())
+}
+
+/// memory.elf and state.bin, through pipes; returns brig-vmm's digest of memory.elf
+/// once it matched what arrived.
+fn capture(control: &mut Client, evidence: Evidence, memory_mib: u64) -> Result<(Evidence, String)> {
+    // Scaled to the guest: at 20 MB/s (a slow disk) plus a margin.
+    let timeout = Duration::from_secs(30 + memory_mib / 20);
+    let (pipe, copier) = piped(evidence, "memory.elf")?;
+    let dumped = control.dump_memory_to(&pipe, timeout);
+    drop(pipe);
+    let (evidence, subject) = copier.join().map_err(|_| anyhow::anyhow!("the memory.elf copier panicked"))?;
+    let (dumped, subject) = (dumped.context("dump-memory-fd")?, subject?);
+    if dumped.sha256 != subject.digest.sha256 || dumped.bytes != subject.size {
+        bail!(
+            "memory.elf: brig-vmm reports {} bytes with SHA-256 {}, but {} bytes with {} arrived",
+            dumped.bytes,
+            dumped.sha256,
+            subject.size,
+            subject.digest.sha256
+        );
+    }
+    let (pipe, copier) = piped(evidence, "state.bin")?;
+    let saved = control.save_state_to(&pipe);
+    drop(pipe);
+    let (evidence, subject) = copier.join().map_err(|_| anyhow::anyhow!("the state.bin copier panicked"))?;
+    let (saved, subject) = (saved.context("save-state-fd")?, subject?);
+    if saved.bytes != subject.size {
+        bail!("state.bin: brig-vmm wrote {} bytes, {} arrived", saved.bytes, subject.size);
+    }
+    Ok((evidence, dumped.sha256))
+}
+
+/// `2026-12-02T19:20:31.123456789Z`.
+fn humantime_utc(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let (days, secs) = (d.as_secs() / 86_400, d.as_secs() % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_are_rfc3339() {
+        assert_eq!(humantime_utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_796_239_231, 5);
+        assert_eq!(humantime_utc(t), "2026-12-02T19:20:31.000000005Z");
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29), "a leap day");
+    }
+
+    #[test]
+    fn the_output_directory_must_be_new_or_empty_and_files_are_hashed_as_written() {
+        let root = std::env::temp_dir().join(format!("brig-cli-evidence-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut evidence = Evidence::create(&root).expect("new directory");
+        let subject = evidence.write("a.txt", b"abc").expect("write");
+        assert_eq!(subject.digest.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(subject.size, 3);
+        let mode = |p: &Path| std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(p).expect("stat")) & 0o777;
+        assert_eq!((mode(&root), mode(&root.join("a.txt"))), (0o700, 0o600));
+        assert!(evidence.write("a.txt", b"again").is_err(), "a file is never overwritten");
+        let err = Evidence::create(&root).err().expect("not empty");
+        assert!(err.to_string().contains("not empty"), "{err}");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+}
