@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ps;
+mod signing;
 mod snapshot;
+mod verify;
 
 const ABOUT: &str = "brig: inspect the micro-VMs that brig runs containers in";
 
@@ -23,6 +25,8 @@ itself is not evidence.";
 const AFTER_HELP: &str = "\
 FILES
     /etc/brig/config.toml   the shim's configuration ($BRIG_CONFIG overrides it)
+    /etc/brig/keys/         this host's snapshot signing key (brig keygen):
+                            snapshot.key (secret, 0600) and snapshot.pub
     <state_dir>/<sandbox>/  one directory per task: task, vm.json, vmm.pid, and
                             brig-vmm's sockets (in jail/state/ when jailed)
 
@@ -43,6 +47,8 @@ struct Cli {
 enum Command {
     Ps(ps::Args),
     Snapshot(snapshot::Args),
+    Verify(verify::Args),
+    Keygen(signing::KeygenArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Ps(args) => ps::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
+        Command::Verify(args) => verify::run(&args),
+        Command::Keygen(args) => signing::keygen(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,8 @@ use brig_vmm_api::RunState;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::signing::{self, hex};
+
 /// How long ordinary control requests may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of a log file (console, vmm.log) taken: they are the sandbox's to fill.
@@ -34,7 +36,8 @@ const MAX_LOG: u64 = 64 << 20;
 /// then adds the container's OCI config.json, the console and VMM logs, brig-vmm's
 /// metrics and manifest.json: every file with its size and SHA-256 (hashed as it
 /// was written), the pause instant and the reason. DIR is created 0700, files
-/// 0600. Not yet: the manifest's signature and the custody log (issue 11).
+/// 0600. manifest.json is an in-toto Statement in a DSSE envelope signed with this
+/// host's key (`brig keygen`); `brig verify DIR` checks it. Not yet: the custody log.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The container (task) id, as `ctr task ls` or `brig ps` shows it.
@@ -51,6 +54,9 @@ pub struct Args {
     /// Leave the vCPUs paused after the capture.
     #[arg(long)]
     keep_paused: bool,
+    /// The ed25519 key the manifest is signed with.
+    #[arg(long, value_name = "FILE", default_value_os_t = Path::new(signing::KEY_DIR).join(signing::SECRET_FILE))]
+    key: PathBuf,
 }
 
 /// One captured file.
@@ -118,10 +124,6 @@ impl Evidence {
     fn write(&mut self, name: &str, bytes: &[u8]) -> Result<Subject> {
         self.stream(name, bytes)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The task called `id`, or an error naming the ones there are.
@@ -196,7 +198,6 @@ struct Predicate {
     versions: Versions,
     /// brig-vmm's own SHA-256 of memory.elf, equal to the one computed here.
     vmm_reported_memory_sha256: String,
-    signed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -220,6 +221,8 @@ struct Versions {
 pub fn run(args: &Args) -> Result<()> {
     let config = Config::load().context("reading brig's configuration")?;
     let task = find(&config, &args.id)?;
+    // Before anything is paused: a snapshot that cannot be signed is not taken.
+    let key = signing::load_secret(&args.key)?;
     let socket = SocketPath::open(&task.api)
         .with_context(|| format!("{} has no control socket (has its VM exited?)", args.id))?;
     let mut control = Client::connect(socket.path(), CONTROL_TIMEOUT).context("brig-vmm's control socket")?;
@@ -281,7 +284,6 @@ pub fn run(args: &Args) -> Result<()> {
                 .unwrap_or_default(),
         },
         vmm_reported_memory_sha256: vmm_sha,
-        signed: false,
     };
     let statement = serde_json::json!({
         "_type": "https://in-toto.io/Statement/v1",
@@ -291,14 +293,16 @@ pub fn run(args: &Args) -> Result<()> {
     });
     let path = evidence.dir.join("manifest.json");
     let mut manifest = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-    manifest.write_all(&serde_json::to_vec_pretty(&statement)?)?;
+    let envelope = signing::sign(&key, &serde_json::to_vec(&statement)?);
+    manifest.write_all(&serde_json::to_vec_pretty(&envelope)?)?;
     manifest.sync_all()?;
     println!(
-        "snapshot of {}/{} in {}: {} files; vCPUs paused for {} ms{}",
+        "snapshot of {}/{} in {}: {} files, signed by key {}; vCPUs paused for {} ms{}",
         task.namespace,
         task.id,
         evidence.dir.display(),
         evidence.subjects.len() + 1,
+        signing::key_id(&key.verifying_key()),
         paused_for.as_millis(),
         if resumed { ", resumed" } else { "; left paused" }
     );

@@ -140,6 +140,15 @@ fn brig_snapshot_captures_a_running_sandbox_that_goes_on_running() {
     assert_eq!(mode(&dir), 0o700);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json")).expect("json");
+    let statement: Value = {
+        use base64::Engine;
+        let payload = manifest["payload"].as_str().expect("a DSSE envelope");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(payload).expect("base64");
+        serde_json::from_slice(&bytes).expect("an in-toto statement")
+    };
+    assert_eq!(manifest["payloadType"], "application/vnd.in-toto+json");
+    assert_eq!(manifest["signatures"].as_array().map(Vec::len), Some(1), "signed once: {manifest}");
+    let manifest = statement;
     let subjects = manifest["subject"].as_array().expect("subjects");
     let names: Vec<&str> = subjects.iter().filter_map(|s| s["name"].as_str()).collect();
     for name in ["memory.elf", "state.bin", "config.json", "console.log", "vmm.log", "metrics.json"] {
@@ -164,6 +173,44 @@ fn brig_snapshot_captures_a_running_sandbox_that_goes_on_running() {
     let found =
         Command::new("grep").args(["-c", "-a", "-F", &marker]).arg(dir.join("memory.elf")).output().expect("grep");
     assert!(found.status.success(), "the guest's marker is in memory.elf: {}", describe(&found));
+
+    // brig verify: passes, and names each kind of tampering.
+    let verify = || brig(&["verify", &dir_arg]);
+    let ok = verify();
+    assert!(ok.status.success() && String::from_utf8_lossy(&ok.stdout).contains("files verified"), "{}", describe(&ok));
+    let fails_with = |what: &str, expected: &str| {
+        let out = verify();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && text.contains(expected), "{what}: wanted {expected:?}: {}", describe(&out));
+    };
+    let memory = dir.join("memory.elf");
+    let flip = |path: &Path, at: u64| {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).expect("read");
+        file.write_all_at(&[byte[0] ^ 0xff], at).expect("write");
+    };
+    flip(&memory, 1 << 20);
+    fails_with("a flipped byte", "memory.elf: expected");
+    flip(&memory, 1 << 20);
+    let manifest_path = dir.join("manifest.json");
+    let original = std::fs::read_to_string(&manifest_path).expect("manifest");
+    let mut envelope: Value = serde_json::from_str(&original).expect("envelope");
+    let mut payload: Vec<u8> = envelope["payload"].as_str().expect("payload").bytes().collect();
+    let middle = payload.len() / 2;
+    payload[middle] = if payload[middle] == b'A' { b'B' } else { b'A' };
+    envelope["payload"] = Value::String(String::from_utf8(payload).expect("base64"));
+    std::fs::write(&manifest_path, serde_json::to_vec(&envelope).expect("json")).expect("edit");
+    fails_with("an edited manifest", "bad signature");
+    std::fs::write(&manifest_path, &original).expect("restore");
+    std::fs::rename(dir.join("console.log"), dir.with_extension("console")).expect("move");
+    fails_with("a deleted file", "missing file console.log");
+    std::fs::rename(dir.with_extension("console"), dir.join("console.log")).expect("restore");
+    std::fs::write(dir.join("extra.txt"), "planted").expect("plant");
+    fails_with("an added file", "extra file extra.txt");
+    std::fs::remove_file(dir.join("extra.txt")).expect("remove");
+    assert!(verify().status.success(), "restored, it verifies again");
 
     // The workload went on: its VM runs and answers.
     assert_eq!(row(&ps(), "snap").map(|r| r["state"].clone()), Some("running".into()));

@@ -7,6 +7,7 @@
 //! | `brig`, the operator CLI | `PREFIX/bin` |
 //! | guest `vmlinux`, `initramfs.cpio` | `PREFIX/share/brig` |
 //! | `config.toml` (only if none exists) | `/etc/brig` |
+//! | the snapshot signing key (only if none exists: `brig keygen`) | `/etc/brig/keys` |
 //!
 //! `--no-build` installs the artifacts named by the `BRIG_*` variables `cargo xtask
 //! test` sets (what the tests use inside kvm-host).
@@ -75,7 +76,23 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         Sources::from_env()?
     };
-    install(&sources, &prefix, Path::new(CONFIG_DIR))
+    install(&sources, &prefix, Path::new(CONFIG_DIR))?;
+    make_snapshot_key(&prefix.join("bin/brig"), &Path::new(CONFIG_DIR).join("keys"))
+}
+
+/// This host's snapshot signing key, made once by the installed `brig keygen`
+/// (an existing key is kept); its public half is printed.
+fn make_snapshot_key(brig: &Path, dir: &Path) -> Result<()> {
+    let status = std::process::Command::new(brig)
+        .arg("keygen")
+        .arg("--dir")
+        .arg(dir)
+        .status()
+        .with_context(|| format!("running {} keygen", brig.display()))?;
+    if !status.success() {
+        bail!("{} keygen --dir {} failed ({status})", brig.display(), dir.display());
+    }
+    Ok(())
 }
 
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
