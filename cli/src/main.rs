@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod custody;
 mod ps;
 mod signing;
 mod snapshot;

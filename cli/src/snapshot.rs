@@ -21,6 +21,7 @@ use brig_vmm_api::RunState;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::custody;
 use crate::signing::{self, hex};
 
 /// How long ordinary control requests may take.
@@ -37,7 +38,8 @@ const MAX_LOG: u64 = 64 << 20;
 /// metrics and manifest.json: every file with its size and SHA-256 (hashed as it
 /// was written), the pause instant and the reason. DIR is created 0700, files
 /// 0600. manifest.json is an in-toto Statement in a DSSE envelope signed with this
-/// host's key (`brig keygen`); `brig verify DIR` checks it. Not yet: the custody log.
+/// host's key (`brig keygen`); custody.log records the capture (who, when, why),
+/// signed and hash-chained. `brig verify DIR` checks both.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The container (task) id, as `ctr task ls` or `brig ps` shows it.
@@ -249,7 +251,7 @@ pub fn run(args: &Args) -> Result<()> {
     let metrics = control.metrics().map(|m| serde_json::to_vec_pretty(&m)).context("brig-vmm's metrics")??;
     evidence.write("metrics.json", &metrics)?;
 
-    let utc = humantime_utc(paused_wall);
+    let utc = custody::utc(paused_wall);
     let predicate = Predicate {
         sandbox: Sandbox {
             id: task.id.clone(),
@@ -296,12 +298,14 @@ pub fn run(args: &Args) -> Result<()> {
     let envelope = signing::sign(&key, &serde_json::to_vec(&statement)?);
     manifest.write_all(&serde_json::to_vec_pretty(&envelope)?)?;
     manifest.sync_all()?;
+    let event = custody::Event { action: "captured", operator: args.operator.as_deref(), reason: &args.reason };
+    custody::append(&evidence.dir, &key, &event).context("starting custody.log")?;
     println!(
         "snapshot of {}/{} in {}: {} files, signed by key {}; vCPUs paused for {} ms{}",
         task.namespace,
         task.id,
         evidence.dir.display(),
-        evidence.subjects.len() + 1,
+        evidence.subjects.len() + 2,
         signing::key_id(&key.verifying_key()),
         paused_for.as_millis(),
         if resumed { ", resumed" } else { "; left paused" }
@@ -339,45 +343,9 @@ fn capture(control: &mut Client, evidence: Evidence, memory_mib: u64) -> Result<
     Ok((evidence, dumped.sha256))
 }
 
-/// `2026-12-02T19:20:31.123456789Z`.
-fn humantime_utc(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let (days, secs) = (d.as_secs() / 86_400, d.as_secs() % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-        d.subsec_nanos()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_times_are_rfc3339() {
-        assert_eq!(humantime_utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
-        let t = SystemTime::UNIX_EPOCH + Duration::new(1_796_239_231, 5);
-        assert_eq!(humantime_utc(t), "2026-12-02T19:20:31.000000005Z");
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29), "a leap day");
-    }
 
     #[test]
     fn the_output_directory_must_be_new_or_empty_and_files_are_hashed_as_written() {

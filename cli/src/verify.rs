@@ -6,13 +6,17 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::custody;
 use crate::signing::{self, hex, Envelope};
 
-/// Check a snapshot directory: its manifest's signature, then every file's size
-/// and SHA-256, and that no file is missing or added.
+/// Check a snapshot directory: its manifest's signature, every file's size and
+/// SHA-256, that no file is missing or added, and custody.log's chain and
+/// signatures.
 ///
 /// Says in one line what is wrong (the file, expected against found; a missing or
-/// extra file; a bad signature) and exits 1; exits 0 when everything matches.
+/// extra file; a bad signature; a broken custody chain at line N) and exits 1;
+/// exits 0 when everything matches. With --record, appends a `verified` entry to
+/// custody.log (signed with this host's key).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The directory `brig snapshot -o` wrote.
@@ -20,6 +24,18 @@ pub struct Args {
     /// The public key to check the signature with (hex, as `brig keygen` wrote it).
     #[arg(long, value_name = "PUB", default_value_os_t = Path::new(signing::KEY_DIR).join(signing::PUBLIC_FILE))]
     key: PathBuf,
+    /// Append a `verified` entry to custody.log once everything checks out.
+    #[arg(long)]
+    record: bool,
+    /// The key --record signs with.
+    #[arg(long, value_name = "FILE", default_value_os_t = Path::new(signing::KEY_DIR).join(signing::SECRET_FILE))]
+    sign_key: PathBuf,
+    /// Who verifies (for --record).
+    #[arg(long)]
+    operator: Option<String>,
+    /// Why (for --record).
+    #[arg(long, default_value = "")]
+    reason: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,12 +90,20 @@ pub fn run(args: &Args) -> Result<()> {
             bail!("extra file {name} (not in the manifest)");
         }
     }
+    let entries = custody::verify(&args.dir, &key)?;
+    if args.record {
+        let sign_key = signing::load_secret(&args.sign_key)?;
+        let event = custody::Event { action: "verified", operator: args.operator.as_deref(), reason: &args.reason };
+        custody::append(&args.dir, &sign_key, &event)?;
+    }
     let p = &statement.predicate;
     println!(
-        "{}: {} files verified, signed by key {}; {}/{} paused at {}, reason {:?}",
+        "{}: {} files verified, signed by key {}, {} custody entries{}; {}/{} paused at {}, reason {:?}",
         args.dir.display(),
         statement.subject.len(),
         signing::key_id(&key),
+        entries.len(),
+        if args.record { " (+1 verified)" } else { "" },
         p["sandbox"]["namespace"].as_str().unwrap_or("?"),
         p["sandbox"]["id"].as_str().unwrap_or("?"),
         p["paused_at_utc"].as_str().unwrap_or("?"),

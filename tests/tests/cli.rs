@@ -163,7 +163,15 @@ fn brig_snapshot_captures_a_running_sandbox_that_goes_on_running() {
     let mut listed: Vec<String> =
         std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     listed.sort();
-    assert_eq!(listed.len(), subjects.len() + 1, "every file but the manifest is a subject: {listed:?}");
+    assert_eq!(
+        listed.len(),
+        subjects.len() + 2,
+        "every file but manifest.json and custody.log is a subject: {listed:?}"
+    );
+    let custody = std::fs::read_to_string(dir.join("custody.log")).expect("custody.log");
+    assert_eq!(custody.lines().count(), 1, "{custody}");
+    assert!(custody.contains("\"action\":\"captured\"") && custody.contains("\"operator\":\"ci\""), "{custody}");
+    assert_eq!(mode(&dir.join("custody.log")), 0o600);
     let predicate = &manifest["predicate"];
     assert_eq!((predicate["reason"].as_str(), predicate["operator"].as_str()), (Some("integration test"), Some("ci")));
     assert_eq!(predicate["resumed"], true);
@@ -210,6 +218,19 @@ fn brig_snapshot_captures_a_running_sandbox_that_goes_on_running() {
     std::fs::write(dir.join("extra.txt"), "planted").expect("plant");
     fails_with("an added file", "extra file extra.txt");
     std::fs::remove_file(dir.join("extra.txt")).expect("remove");
+    let recorded = brig(&["verify", &dir_arg, "--record", "--operator", "bob", "--reason", "second look"]);
+    assert!(recorded.status.success(), "{}", describe(&recorded));
+    let custody_path = dir.join("custody.log");
+    let custody = std::fs::read_to_string(&custody_path).expect("custody.log");
+    assert_eq!(custody.lines().count(), 2, "{custody}");
+    assert!(
+        custody.lines().nth(1).is_some_and(|l| l.contains("\"action\":\"verified\"") && l.contains("bob")),
+        "{custody}"
+    );
+    let second = custody.lines().nth(1).expect("line 2").to_owned();
+    std::fs::write(&custody_path, format!("{second}\n")).expect("remove the first custody line");
+    fails_with("a removed custody line", "custody.log: broken chain at line 1");
+    std::fs::write(&custody_path, &custody).expect("restore");
     assert!(verify().status.success(), "restored, it verifies again");
 
     // The workload went on: its VM runs and answers.
