@@ -152,6 +152,27 @@ fn find(config: &Config, id: &str) -> Result<TaskRecord> {
 /// directory back with what it wrote.
 type Copier = std::thread::JoinHandle<(Evidence, Result<Subject>)>;
 
+/// One snapshot of a sandbox at a time: an exclusive `flock` on
+/// `<task dir>/snapshot.lock`, held until the command ends (the kernel drops it
+/// if brig dies). A second one is refused, not queued behind the first's resume.
+fn lock(dir: &Path, id: &str) -> Result<nix::fcntl::Flock<File>> {
+    let path = dir.join("snapshot.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc_flags())
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => {
+            anyhow::anyhow!("a snapshot of {id} is already running: wait for it to finish")
+        }
+        other => anyhow::anyhow!("locking {}: {other}", path.display()),
+    })
+}
+
 /// A pipe whose read end a thread copies into `name` in `evidence`.
 fn piped(evidence: Evidence, name: &'static str) -> Result<(std::os::fd::OwnedFd, Copier)> {
     let (read, write) = nix::unistd::pipe().context("making a pipe")?;
@@ -225,6 +246,10 @@ pub fn run(args: &Args) -> Result<()> {
     let task = find(&config, &args.id)?;
     // Before anything is paused: a snapshot that cannot be signed is not taken.
     let key = signing::load_secret(&args.key)?;
+    let _lock = lock(&task.dir, &args.id)?;
+    if let Some(pid) = task.vmm_pid.filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+        bail!("the VM of {} has exited (brig-vmm {pid} is gone): nothing to capture", args.id);
+    }
     let socket = SocketPath::open(&task.api)
         .with_context(|| format!("{} has no control socket (has its VM exited?)", args.id))?;
     let mut control = Client::connect(socket.path(), CONTROL_TIMEOUT).context("brig-vmm's control socket")?;
@@ -346,6 +371,19 @@ fn capture(control: &mut Client, evidence: Evidence, memory_mib: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_snapshot_of_the_same_sandbox_is_refused_while_one_runs() {
+        let dir = std::env::temp_dir().join(format!("brig-cli-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let held = lock(&dir, "web").expect("the first");
+        let err = lock(&dir, "web").expect_err("the second");
+        assert!(err.to_string().contains("a snapshot of web is already running"), "{err}");
+        drop(held);
+        lock(&dir, "web").expect("free again once the first ends");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 
     #[test]
     fn the_output_directory_must_be_new_or_empty_and_files_are_hashed_as_written() {

@@ -68,6 +68,11 @@ fn brig_ps_shows_each_sandbox_as_its_vmm_sees_it() {
     let r = row(&after, "ps-a").unwrap_or_else(|| panic!("a stopped task is listed until deleted: {after:#?}"));
     assert_eq!(r["state"], "exited", "{r}");
     assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "says why: {r}");
+    // A snapshot of a VM that is gone says so and makes nothing.
+    let never = std::env::temp_dir().join(format!("brig-snapshot-exited-{a}"));
+    let out = brig(&["snapshot", "ps-a", "-o", &never.to_string_lossy()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("has exited"), "{}", describe(&out));
+    assert!(!never.exists(), "no output directory for a VM that is gone");
     containerd.assert_ok(&containerd.ctr(&["task", "rm", "ps-a"]));
     containerd.assert_ok(&containerd.ctr(&["container", "rm", "ps-a"]));
     containerd.assert_ok(&containerd.kill_and_delete("ps-b"));
