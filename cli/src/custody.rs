@@ -8,13 +8,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::signing::{hex, key_id};
+use crate::signing::{self, hex, key_id};
 
 pub const FILE: &str = "custody.log";
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -77,7 +75,7 @@ pub fn append(dir: &Path, key: &SigningKey, event: &Event<'_>) -> Result<()> {
         manifest_sha256: hex(&Sha256::digest(&manifest)),
     };
     let body = serde_json::to_vec(&entry)?;
-    let line = Line { entry, keyid: key_id(&key.verifying_key()), sig: BASE64.encode(key.sign(&body).to_bytes()) };
+    let line = Line { entry, keyid: key_id(&key.verifying_key()), sig: signing::sign_base64(key, &body) };
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -115,13 +113,10 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<Vec<Entry>> {
         if line.entry.prev_sha256 != prev || line.entry.seq != i as u64 {
             bail!("{FILE}: broken chain at line {n} (a line before it was removed, reordered or changed)");
         }
-        let sig: [u8; 64] = BASE64
-            .decode(&line.sig)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .with_context(|| format!("{FILE}: line {n}: the signature is not 64 base64 bytes"))?;
         let body = serde_json::to_vec(&line.entry)?;
-        if line.keyid != key_id(key) || key.verify(&body, &ed25519_dalek::Signature::from_bytes(&sig)).is_err() {
+        let valid = signing::check_base64(key, &body, &line.sig)
+            .with_context(|| format!("{FILE}: line {n}: the signature is not 64 base64 bytes"))?;
+        if line.keyid != key_id(key) || !valid {
             bail!("{FILE}: bad signature at line {n}");
         }
         prev = hex(&Sha256::digest(text.as_bytes()));

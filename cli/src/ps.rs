@@ -103,8 +103,7 @@ fn row(task: &TaskRecord) -> Row {
             row.uptime_secs = Some(vm.uptime_ms / 1000);
         }
         Err(e) => {
-            let alive = task.vmm_pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
-            row.state = if alive { "unreachable" } else { "exited" }.into();
+            row.state = if task.vmm_alive() { "unreachable" } else { "exited" }.into();
             row.error = Some(format!("{e:#}"));
         }
     }

@@ -127,12 +127,26 @@ fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `key`'s ed25519 signature of `message`, base64 (envelopes and custody lines).
+pub fn sign_base64(key: &SigningKey, message: &[u8]) -> String {
+    BASE64.encode(key.sign(message).to_bytes())
+}
+
+/// Whether `sig` (base64) is `key`'s signature of `message`; `None` when `sig` is
+/// not 64 base64 bytes.
+pub fn check_base64(key: &VerifyingKey, message: &[u8], sig: &str) -> Option<bool> {
+    let sig: [u8; 64] = BASE64.decode(sig).ok()?.try_into().ok()?;
+    Some(key.verify(message, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok())
+}
+
 pub fn sign(key: &SigningKey, payload: &[u8]) -> Envelope {
-    let sig = key.sign(&pae(PAYLOAD_TYPE, payload));
     Envelope {
         payload_type: PAYLOAD_TYPE.into(),
         payload: BASE64.encode(payload),
-        signatures: vec![Signature { keyid: key_id(&key.verifying_key()), sig: BASE64.encode(sig.to_bytes()) }],
+        signatures: vec![Signature {
+            keyid: key_id(&key.verifying_key()),
+            sig: sign_base64(key, &pae(PAYLOAD_TYPE, payload)),
+        }],
     }
 }
 
@@ -147,14 +161,11 @@ pub fn open(envelope: &Envelope, key: &VerifyingKey) -> Result<Vec<u8>> {
         let ids: Vec<&str> = envelope.signatures.iter().map(|s| s.keyid.as_str()).collect();
         bail!("manifest.json: no signature by key {id} (signed by: {})", ids.join(", "));
     };
-    let sig: [u8; 64] = BASE64
-        .decode(&signature.sig)
-        .ok()
-        .and_then(|b| b.try_into().ok())
+    let valid = check_base64(key, &pae(&envelope.payload_type, &payload), &signature.sig)
         .context("manifest.json: the signature is not 64 base64 bytes")?;
-    key.verify(&pae(&envelope.payload_type, &payload), &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| {
-        anyhow::anyhow!("manifest.json: bad signature by key {id} (the manifest was changed after signing)")
-    })?;
+    if !valid {
+        bail!("manifest.json: bad signature by key {id} (the manifest was changed after signing)");
+    }
     Ok(payload)
 }
 

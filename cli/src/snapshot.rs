@@ -162,7 +162,7 @@ fn lock(dir: &Path, id: &str) -> Result<nix::fcntl::Flock<File>> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc_flags())
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
@@ -187,21 +187,11 @@ fn piped(evidence: Evidence, name: &'static str) -> Result<(std::os::fd::OwnedFd
 /// Reads a file the sandbox can write (its console): never through a symlink, only a
 /// regular file, at most `MAX_LOG` bytes (the last ones).
 fn untrusted_log(path: &Path) -> Vec<u8> {
-    use std::io::{Seek, SeekFrom};
-    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc_flags()).open(path);
-    let Ok(mut file) = opened else { return Vec::new() };
-    let Ok(meta) = file.metadata() else { return Vec::new() };
-    if !meta.file_type().is_file() {
-        return format!("({} is not a regular file: not read)\n", path.display()).into_bytes();
+    match brig_shim::files::read_tail_bytes(path, MAX_LOG) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => format!("({} is not a regular file: not read)\n", path.display()).into_bytes(),
+        Err(_) => Vec::new(),
     }
-    let mut bytes = Vec::new();
-    let _ = file.seek(SeekFrom::Start(meta.len().saturating_sub(MAX_LOG)));
-    let _ = file.take(MAX_LOG).read_to_end(&mut bytes);
-    bytes
-}
-
-fn libc_flags() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_NONBLOCK.bits()
 }
 
 /// What the manifest says about the capture (an in-toto Statement's predicate).
@@ -247,7 +237,7 @@ pub fn run(args: &Args) -> Result<()> {
     // Before anything is paused: a snapshot that cannot be signed is not taken.
     let key = signing::load_secret(&args.key)?;
     let _lock = lock(&task.dir, &args.id)?;
-    if let Some(pid) = task.vmm_pid.filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+    if let Some(pid) = task.vmm_pid.filter(|_| !task.vmm_alive()) {
         bail!("the VM of {} has exited (brig-vmm {pid} is gone): nothing to capture", args.id);
     }
     let socket = SocketPath::open(&task.api)

@@ -101,24 +101,27 @@ pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), File
 /// The last `max` bytes of a regular file (`O_NOFOLLOW | O_NONBLOCK`), as text;
 /// anything else reads as a note saying what it is.
 pub fn read_tail(path: &Path, max: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let opened = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
-    let mut file = match opened {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return String::new(),
-        Err(e) => return format!("({} cannot be read: {e})", path.display()),
-    };
-    let len = match file.metadata() {
-        Ok(meta) if meta.file_type().is_file() => meta.len(),
-        Ok(_) => return format!("({} is not a regular file: not read)", path.display()),
-        Err(e) => return format!("({} cannot be read: {e})", path.display()),
-    };
-    let mut bytes = Vec::new();
-    let read = file.seek(SeekFrom::Start(len.saturating_sub(max))).and_then(|_| file.take(max).read_to_end(&mut bytes));
-    match read {
-        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+    match read_tail_bytes(path, max) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(None) => format!("({} is not a regular file: not read)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => format!("({} cannot be read: {e})", path.display()),
     }
+}
+
+/// The last `max` bytes of a regular file, opened `O_NOFOLLOW | O_NONBLOCK`;
+/// `None` when it is something else (a FIFO, a device, a socket).
+pub fn read_tail_bytes(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(meta.len().saturating_sub(max)))?;
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 /// A Unix socket in a jail's `state/`, held open with `O_PATH | O_NOFOLLOW` and

@@ -45,18 +45,11 @@ impl TaskRecord {
         let vm: Option<VmConfig> =
             std::fs::read(dir.join("vm.json")).ok().and_then(|body| serde_json::from_slice(&body).ok());
         let jail = JailSpec::from_file(&dir.join("jail.json")).ok();
-        let rootfs = match (&jail, &vm) {
-            // Jailed: vm.json names the jail's path; jail.json the host file behind it.
-            (Some(jail), Some(vm)) => vm
-                .block
-                .iter()
-                .find(|b| b.serial.as_deref() == Some(ROOTFS_SERIAL))
-                .and_then(|b| jail.files.iter().find(|f| f.jail == b.path))
-                .map(|f| f.host.clone()),
-            (None, Some(vm)) => {
-                vm.block.iter().find(|b| b.serial.as_deref() == Some(ROOTFS_SERIAL)).map(|b| b.path.clone())
-            }
-            _ => None,
+        let disk = vm.as_ref().and_then(|vm| vm.block.iter().find(|b| b.serial.as_deref() == Some(ROOTFS_SERIAL)));
+        // Jailed, vm.json names the jail's path, and jail.json the host file behind it.
+        let rootfs = match &jail {
+            Some(jail) => disk.and_then(|b| jail.files.iter().find(|f| f.jail == b.path)).map(|f| f.host.clone()),
+            None => disk.map(|b| b.path.clone()),
         };
         let jailed = jail.is_some();
         let state = if jailed { dir.join("jail").join(STATE_DIR_NAME) } else { dir.to_path_buf() };
@@ -73,6 +66,11 @@ impl TaskRecord {
             console: state.join("console.log"),
             jailed,
         })
+    }
+
+    /// Whether the recorded brig-vmm pid is a live process.
+    pub fn vmm_alive(&self) -> bool {
+        self.vmm_pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
     }
 
     /// The OCI spec's annotations (CRI puts the pod and image names there).

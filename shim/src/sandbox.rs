@@ -328,7 +328,7 @@ async fn spawn(
                     let _ = child.start_kill();
                     let status = tokio::time::timeout(STOP_GRACE, child.wait()).await;
                     let code = match status {
-                        Ok(Ok(status)) => status.code().unwrap_or(128 + status_signal(&status)).to_string(),
+                        Ok(Ok(status)) => exit_code(&status).to_string(),
                         _ => "none yet".to_owned(),
                     };
                     Err(ShimError::FailedPrecondition(format!(
@@ -342,7 +342,7 @@ async fn spawn(
     let (tx, exited) = watch::channel(None);
     tokio::spawn(async move {
         let code = match child.wait().await {
-            Ok(status) => status.code().unwrap_or(128 + status_signal(&status)),
+            Ok(status) => exit_code(&status),
             Err(_) => 255,
         };
         let _ = tx.send(Some(code));
@@ -413,9 +413,10 @@ impl From<ClientError> for ShimError {
     }
 }
 
-fn status_signal(status: &std::process::ExitStatus) -> i32 {
+/// A process's exit code, or 128 + the signal that ended it (as a shell reports it).
+fn exit_code(status: &std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.signal().unwrap_or(0)
+    status.code().unwrap_or(128 + status.signal().unwrap_or(0))
 }
 
 /// SIGKILLs a brig-vmm process.

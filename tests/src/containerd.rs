@@ -43,6 +43,30 @@ pub fn install_brig() {
     );
 }
 
+/// The exec id of [`Containerd::hold_marker`]'s process.
+const MARKER_EXEC: &str = "marker";
+
+/// A string only a guest process's memory holds, and the `ctr task exec` holding it.
+#[derive(Debug)]
+pub struct Marker {
+    pub text: String,
+    holder: Child,
+}
+
+impl Marker {
+    /// Asserts the marker is somewhere in `file` (a memory dump).
+    pub fn assert_in(&self, file: &Path) {
+        let found = Command::new("grep").args(["-c", "-a", "-F", &self.text]).arg(file).output().expect("grep");
+        assert!(
+            found.status.success(),
+            "the guest's marker {} is in {}: {}",
+            self.text,
+            file.display(),
+            describe(&found)
+        );
+    }
+}
+
 impl Containerd {
     /// Starts containerd and imports the test image.
     pub fn start() -> Containerd {
@@ -149,6 +173,28 @@ impl Containerd {
     pub fn run_idle(&self, id: &str) -> u32 {
         self.assert_ok(&self.run_with(&["-d"], id, &["sleep", "1000"]));
         self.wait_for_status(id, "RUNNING")
+    }
+
+    /// Starts a process in task `id` that holds a marker whole only in guest memory:
+    /// the shell joins its two halves into a variable, so neither the exec request
+    /// nor argv carries it. [`Containerd::release_marker`] ends it.
+    pub fn hold_marker(&self, id: &str) -> Marker {
+        let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let text = format!("brig-marker-{id}-{suffix}");
+        let script = format!("m=\"brig-mark\"\"er-{id}-{suffix}\"; while :; do sleep 1; done");
+        let holder = self
+            .command(&["task", "exec", "--exec-id", MARKER_EXEC, id, "sh", "-c", &script])
+            .spawn()
+            .expect("exec the marker holder");
+        // The shell has set its variable by the time the exec is a second old.
+        std::thread::sleep(Duration::from_secs(1));
+        Marker { text, holder }
+    }
+
+    /// SIGKILLs the marker's process and waits for its `ctr task exec`.
+    pub fn release_marker(&self, id: &str, mut marker: Marker) {
+        let _ = self.ctr(&["task", "kill", "--exec-id", MARKER_EXEC, "--signal", "SIGKILL", id]);
+        let _ = marker.holder.wait();
     }
 
     /// The `ctr run` command of [`Containerd::run_with`], to spawn.

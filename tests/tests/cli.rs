@@ -125,15 +125,7 @@ fn brig_snapshot_captures_a_running_sandbox_that_goes_on_running() {
     brig_tests::require_kvm_host();
     let containerd = Containerd::start();
     let pid = containerd.run_idle("snap");
-    // A marker only a guest process holds whole (the shell joins its halves).
-    let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let marker = format!("brig-snap-{pid}-{suffix}");
-    let script = format!("m=\"brig-sn\"\"ap-{pid}-{suffix}\"; while :; do sleep 1; done");
-    let mut holder = containerd
-        .command(&["task", "exec", "--exec-id", "marker", "snap", "sh", "-c", &script])
-        .spawn()
-        .expect("exec the marker holder");
-    std::thread::sleep(Duration::from_secs(1));
+    let marker = containerd.hold_marker("snap");
 
     let dir = std::env::temp_dir().join(format!("brig-snapshot-{pid}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -183,9 +175,7 @@ fn brig_snapshot_captures_a_running_sandbox_that_goes_on_running() {
     assert_eq!(predicate["sandbox"]["vmm_pid"].as_u64(), Some(u64::from(pid)));
     let memory_digest = subjects.iter().find(|s| s["name"] == "memory.elf").map(|s| s["digest"]["sha256"].clone());
     assert_eq!(Some(predicate["vmm_reported_memory_sha256"].clone()), memory_digest);
-    let found =
-        Command::new("grep").args(["-c", "-a", "-F", &marker]).arg(dir.join("memory.elf")).output().expect("grep");
-    assert!(found.status.success(), "the guest's marker is in memory.elf: {}", describe(&found));
+    marker.assert_in(&dir.join("memory.elf"));
 
     // brig verify: passes, and names each kind of tampering.
     let verify = || brig(&["verify", &dir_arg]);
@@ -258,8 +248,7 @@ fn brig_snapshot_captures_a_running_sandbox_that_goes_on_running() {
     );
     assert!(!Path::new("/tmp/brig-never-made").exists(), "nothing is made for an unknown id");
 
-    let _ = containerd.ctr(&["task", "kill", "--exec-id", "marker", "--signal", "SIGKILL", "snap"]);
-    let _ = holder.wait();
+    containerd.release_marker("snap", marker);
     containerd.assert_ok(&containerd.kill_and_delete("snap"));
     std::fs::remove_dir_all(&dir).expect("cleanup");
     containerd.assert_no_leftovers("brig snapshot");

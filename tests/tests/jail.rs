@@ -170,16 +170,7 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
     drop(busy.stdout.take());
     let _ = busy.wait();
 
-    // A marker that exists only in a guest process's memory: the shell joins its two
-    // halves into a variable, so neither the exec request nor argv holds it whole.
-    let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let marker = format!("brig-marker-{pid}-{suffix}");
-    let script = format!("m=\"brig-mark\"\"er-{pid}-{suffix}\"; while :; do sleep 1; done");
-    let holder = containerd
-        .command(&["task", "exec", "--exec-id", "marker", "jailed", "sh", "-c", &script])
-        .spawn()
-        .expect("exec the marker holder");
-    std::thread::sleep(Duration::from_secs(1));
+    let marker = containerd.hold_marker("jailed");
     containerd.assert_ok(&containerd.ctr(&["task", "pause", "jailed"]));
     containerd.wait_for_status("jailed", "PAUSED");
     assert_jailed(pid, "paused");
@@ -245,9 +236,7 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
     assert!(head.starts_with(b"\x7fELF") && head[16] == 4, "an ELF core");
     assert_eq!((dumped.vcpus, dumped.regions), (1, 1));
     assert!(dumped.bytes > 128 << 20, "all 128 MiB of guest RAM: {} bytes", dumped.bytes);
-    let found =
-        std::process::Command::new("grep").args(["-c", "-a", "-F", &marker]).arg(&core_path).output().expect("grep");
-    assert!(found.status.success(), "the guest's marker {marker} is in memory.elf: {}", describe(&found));
+    marker.assert_in(&core_path);
     // gdb reads the vCPU's registers from the core: those save-state recorded (the VM
     // stayed paused in between).
     let state: brig_vmm::snapshot::MachineState =
@@ -281,9 +270,7 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
     containerd.wait_for_status("jailed", "RUNNING");
     assert_jailed(pid, "resumed");
 
-    let mut holder = holder;
-    let _ = containerd.ctr(&["task", "kill", "--exec-id", "marker", "--signal", "SIGKILL", "jailed"]);
-    let _ = holder.wait();
+    containerd.release_marker("jailed", marker);
     containerd.assert_ok(&containerd.kill_and_delete("jailed"));
     containerd.assert_no_leftovers("a jailed task");
 }

@@ -167,25 +167,36 @@ impl Client {
     /// `save-state-fd`: brig-vmm writes the state into `file` (an empty regular
     /// file open for writing), which goes with the request as `SCM_RIGHTS`.
     pub fn save_state_to(&mut self, file: impl AsFd) -> Result<Saved, ClientError> {
-        let request = Request::SaveStateFd {};
-        let line = wire::request_line(&request);
-        let stream = self.reader.get_ref();
-        send_with_fd(stream, &line, file.as_fd()).map_err(io_error(self.timeout))?;
-        let answer = self.read_answer()?;
-        expect(&request, answer, saved)
+        let timeout = self.timeout;
+        self.typed_with_fd(Request::SaveStateFd {}, file.as_fd(), timeout, saved)
     }
 
     /// `dump-memory-fd`: brig-vmm writes guest RAM as an ELF core into `file` (an
     /// empty regular file or a pipe's write end, sent as `SCM_RIGHTS`). It answers
     /// once all of it is written, so `timeout` must allow for the guest's size.
     pub fn dump_memory_to(&mut self, file: impl AsFd, timeout: Duration) -> Result<MemoryDumped, ClientError> {
-        let request = Request::DumpMemoryFd {};
-        let line = wire::request_line(&request);
-        send_with_fd(self.reader.get_ref(), &line, file.as_fd()).map_err(io_error(self.timeout))?;
+        self.typed_with_fd(Request::DumpMemoryFd {}, file.as_fd(), timeout, |a| {
+            if let Response::MemoryDumped(d) = a {
+                Some(d)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// `request` with `fd` attached, its answer awaited for `timeout`.
+    fn typed_with_fd<T>(
+        &mut self,
+        request: Request,
+        fd: BorrowedFd<'_>,
+        timeout: Duration,
+        pick: impl FnOnce(Response) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        send_with_fd(self.reader.get_ref(), &wire::request_line(&request), fd).map_err(io_error(self.timeout))?;
         self.reader.get_ref().set_read_timeout(Some(timeout)).map_err(ClientError::Io)?;
         let answer = self.read_answer_within(timeout);
         self.reader.get_ref().set_read_timeout(Some(self.timeout)).map_err(ClientError::Io)?;
-        expect(&request, answer?, |a| if let Response::MemoryDumped(d) = a { Some(d) } else { None })
+        expect(&request, answer?, pick)
     }
 
     fn typed<T>(&mut self, request: Request, pick: impl FnOnce(Response) -> Option<T>) -> Result<T, ClientError> {
