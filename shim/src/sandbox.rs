@@ -369,8 +369,9 @@ async fn wait_for_agent(
         }
         if Instant::now() > deadline {
             return Err(ShimError::DeadlineExceeded(format!(
-                "the guest agent did not answer within {}s (agent_timeout_secs); console:\n{}",
+                "the guest agent did not answer within {}s (agent_timeout_secs): {}\nconsole:\n{}",
                 config.agent_timeout_secs,
+                vmm_log_tail(dir).trim(),
                 console_tail(&layout.console)
             )));
         }

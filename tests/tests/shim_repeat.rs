@@ -4,7 +4,17 @@
 
 use std::time::Instant;
 
-use brig_tests::containerd::{cached_images, Containerd};
+use std::process::Output;
+
+use brig_tests::containerd::{cached_images, describe, Containerd};
+
+/// A guest that triple-faulted, or never reached its agent, while five boot at once in
+/// the nested test host: the emulator's failure (ADR 009 measured QEMU's own microvm
+/// guests failing as often in the same hosts), not one brig-vmm can cause.
+fn is_emulator_boot_failure(out: &Output) -> bool {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr.contains("triple fault (KVM_EXIT_SHUTDOWN)") || stderr.contains("the guest agent did not answer within")
+}
 
 fn mount_count() -> usize {
     std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().count()
@@ -54,7 +64,15 @@ fn five_parallel_runs_each_get_their_own_vm_and_leak_nothing() {
             .map(|i| {
                 let containerd = &containerd;
                 scope.spawn(move || {
-                    containerd.run(&format!("par-{i}"), &["sh", "-c", &format!("echo par {i}; hostname")])
+                    let args = ["sh", "-c", &format!("echo par {i}; hostname")];
+                    let first = containerd.run(&format!("par-{i}"), &args);
+                    if first.status.success() || !is_emulator_boot_failure(&first) {
+                        return first;
+                    }
+                    // ADR 011: the one failure the emulated test host causes, retried
+                    // once and shown; any other failure, or a second one, fails the test.
+                    println!("run {i}: the guest died in early boot, retried once:\n{}", describe(&first));
+                    containerd.run(&format!("par-{i}-again"), &args)
                 })
             })
             .collect();
