@@ -21,7 +21,7 @@ use crate::progress;
 pub const FRAGMENT: &str = include_str!("../kernel/guest.config");
 
 /// Bumped whenever the build steps below change the output.
-const RECIPE: &str = "brig-guest-kernel/1";
+const RECIPE: &str = "brig-guest-kernel/2";
 
 /// The Debian package that provides the source tarball.
 pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
@@ -33,8 +33,11 @@ const EXPECTED_BUILD_LINES: usize = 1650;
 /// A built guest kernel.
 #[derive(Debug, Clone)]
 pub struct GuestKernel {
-    /// Uncompressed ELF kernel, loadable by brig-vmm.
+    /// Uncompressed ELF kernel, loadable by brig-vmm: `vmlinux.debug` with its debug
+    /// sections stripped (the same loaded bytes, symbols and build-id).
     pub vmlinux: PathBuf,
+    /// The kernel as linked, with its DWARF: what crash and gdb open a memory.elf with.
+    pub debug_vmlinux: PathBuf,
     /// The full `.config` it was built with.
     pub config: PathBuf,
     /// `uname -r` of the guest.
@@ -60,15 +63,15 @@ pub fn build() -> Result<GuestKernel> {
 }
 
 fn load(entry: &Path) -> Result<Option<GuestKernel>> {
-    let vmlinux = entry.join("vmlinux");
-    if !vmlinux.is_file() {
+    let (vmlinux, debug_vmlinux) = (entry.join("vmlinux"), entry.join("vmlinux.debug"));
+    if !vmlinux.is_file() || !debug_vmlinux.is_file() {
         return Ok(None);
     }
     let release = fs::read_to_string(entry.join("release"))
         .with_context(|| format!("reading {}/release", entry.display()))?
         .trim()
         .to_owned();
-    Ok(Some(GuestKernel { vmlinux, config: entry.join("config"), release }))
+    Ok(Some(GuestKernel { vmlinux, debug_vmlinux, config: entry.join("config"), release }))
 }
 
 /// The installed version of the source package.
@@ -122,7 +125,10 @@ fn build_into(entry: &Path) -> Result<()> {
         fs::remove_dir_all(&staging)?;
     }
     fs::create_dir_all(&staging)?;
-    fs::copy(build.join("vmlinux"), staging.join("vmlinux"))?;
+    fs::copy(build.join("vmlinux"), staging.join("vmlinux.debug"))?;
+    let mut strip = Command::new("objcopy");
+    strip.arg("--strip-debug").arg(build.join("vmlinux")).arg(staging.join("vmlinux"));
+    progress::run_logged("strip the booted vmlinux", strip, &log, 0)?;
     fs::write(staging.join("config"), &config)?;
     fs::write(staging.join("release"), release)?;
     fs::rename(&staging, entry).with_context(|| format!("moving the kernel into {}", entry.display()))?;

@@ -23,9 +23,10 @@ pub const BASE: &[&str] = &[
     "erofs-utils",
     "protobuf-compiler",
     "iproute2",
-    // readelf and gdb: the forensic tests open memory.elf with them.
+    // readelf, gdb and crash: the forensic tests open memory.elf with them.
     "binutils",
     "gdb",
+    "crash",
 ];
 
 /// containerd and its peers, for the shim's end-to-end tests and the demo.

@@ -33,6 +33,8 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     pub kernel: PathBuf,
+    /// The same kernel with its DWARF, for crash and gdb.
+    pub debug_kernel: PathBuf,
     pub initramfs: PathBuf,
     pub agent: PathBuf,
     pub vmm: PathBuf,
@@ -54,6 +56,7 @@ impl Artifacts {
         let s = |p: &Path| p.to_string_lossy().into_owned();
         Ok(vec![
             ("BRIG_GUEST_KERNEL".into(), s(&self.kernel)),
+            ("BRIG_GUEST_KERNEL_DEBUG".into(), s(&self.debug_kernel)),
             ("BRIG_GUEST_INITRAMFS".into(), s(&self.initramfs)),
             ("BRIG_AGENT_BIN".into(), s(&self.agent)),
             ("BRIG_VMM_BIN".into(), s(&self.vmm)),
@@ -120,6 +123,7 @@ pub fn build() -> Result<Artifacts> {
     let release = crate::workspace_root().join("target").join("release");
     Ok(Artifacts {
         kernel: kernel.vmlinux,
+        debug_kernel: kernel.debug_vmlinux,
         initramfs,
         agent,
         vmm,

@@ -27,6 +27,7 @@ pub struct Sources {
     pub jailer: PathBuf,
     pub cli: PathBuf,
     pub kernel: PathBuf,
+    pub debug_kernel: PathBuf,
     pub initramfs: PathBuf,
 }
 
@@ -43,6 +44,7 @@ impl Sources {
             jailer: var("BRIG_JAILER_BIN")?,
             cli: var("BRIG_CLI_BIN")?,
             kernel: var("BRIG_GUEST_KERNEL")?,
+            debug_kernel: var("BRIG_GUEST_KERNEL_DEBUG")?,
             initramfs: var("BRIG_GUEST_INITRAMFS")?,
         })
     }
@@ -71,6 +73,7 @@ pub fn run(args: &[String]) -> Result<()> {
             jailer: built.jailer,
             cli: built.cli,
             kernel: built.kernel,
+            debug_kernel: built.debug_kernel,
             initramfs: built.initramfs,
         }
     } else {
@@ -119,6 +122,8 @@ pub fn install(sources: &Sources, prefix: &Path, config_dir: &Path) -> Result<()
     copy(&sources.jailer, &bin.join("brig-jailer"), 0o755)?;
     copy(&sources.cli, &bin.join("brig"), 0o755)?;
     copy(&sources.kernel, &share.join("vmlinux"), 0o644)?;
+    // Beside the booted one, where brig snapshot finds it (docs/snapshot-format.md).
+    copy(&sources.debug_kernel, &share.join("vmlinux.debug"), 0o644)?;
     copy(&sources.initramfs, &share.join("initramfs.cpio"), 0o644)?;
     let config = config_dir.join("config.toml");
     if config.exists() {
@@ -153,7 +158,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("brig-install-{}", std::process::id()));
         let src = dir.join("src");
         std::fs::create_dir_all(&src).expect("dir");
-        for name in ["shim", "vmm", "jailer", "brig", "vmlinux", "initramfs"] {
+        for name in ["shim", "vmm", "jailer", "brig", "vmlinux", "vmlinux.debug", "initramfs"] {
             std::fs::write(src.join(name), name).expect("write");
         }
         let sources = Sources {
@@ -162,12 +167,15 @@ mod tests {
             jailer: src.join("jailer"),
             cli: src.join("brig"),
             kernel: src.join("vmlinux"),
+            debug_kernel: src.join("vmlinux.debug"),
             initramfs: src.join("initramfs"),
         };
         let (prefix, config_dir) = (dir.join("usr"), dir.join("etc"));
         install(&sources, &prefix, &config_dir).expect("install");
         assert_eq!(std::fs::read_to_string(prefix.join("bin/containerd-shim-brig-v2")).expect("shim"), "shim");
         assert_eq!(std::fs::read_to_string(prefix.join("share/brig/vmlinux")).expect("kernel"), "vmlinux");
+        let debug = std::fs::read_to_string(prefix.join("share/brig/vmlinux.debug")).expect("debug kernel");
+        assert_eq!(debug, "vmlinux.debug");
         let config = std::fs::read_to_string(config_dir.join("config.toml")).expect("config");
         assert!(config.contains(&format!("vmm = \"{}\"", prefix.join("bin/brig-vmm").display())), "{config}");
         assert!(config.contains(&format!("jailer = \"{}\"", prefix.join("bin/brig-jailer").display())), "{config}");
