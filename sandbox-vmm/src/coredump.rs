@@ -8,7 +8,9 @@
 //! `CORE`/`NT_PRSTATUS` per vCPU (`pr_pid` = vCPU index + 1, the registers as
 //! `user_regs_struct`), then one QEMU-style CPU state per vCPU (control registers,
 //! segment bases, GDT/IDT: what crash needs to walk page tables and backtrace a
-//! running CPU); zero padding to a page; then each region's bytes.
+//! running CPU); the guest kernel's own `VMCOREINFO` note when the client named
+//! where the kernel keeps it (its `vmcoreinfo_note` symbol) and a valid note is
+//! there; zero padding to a page; then each region's bytes.
 //!
 //! The header types are linux-loader's ELF64 definitions (already brig-vmm's,
 //! for loading the kernel). Guest memory is read only through vm-memory's volatile
@@ -20,7 +22,7 @@ use std::io::Write;
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use linux_loader::elf::{Elf64_Ehdr, Elf64_Nhdr, Elf64_Phdr};
 use sha2::{Digest, Sha256};
-use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use crate::vcpu::VcpuState;
 
@@ -44,6 +46,9 @@ const CR4_LA57: u64 = 1 << 12;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// Guest memory goes to the file in pieces of this size.
 const CHUNK: usize = 1 << 20;
+/// The kernel's VMCOREINFO text is at most one page (`VMCOREINFO_BYTES`).
+const VMCOREINFO_MAX: u32 = 4096;
+const VMCOREINFO_NAME: &[u8] = b"VMCOREINFO\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -78,15 +83,16 @@ pub struct Dumped {
     pub sha256: [u8; 32],
 }
 
-/// Writes the core of `memory` (its RAM `regions`, `(gpa, len)` sorted) and the
-/// paused `vcpus` into `out`, sequentially.
+/// Writes the core of `memory` (its RAM `regions`, `(gpa, len)` sorted), the
+/// paused `vcpus` and the guest kernel's `vmcoreinfo` text into `out`, sequentially.
 pub fn write(
     out: &mut impl Write,
     memory: &GuestMemoryMmap,
     regions: &[(u64, u64)],
     vcpus: &[Cpu],
+    vmcoreinfo: Option<&[u8]>,
 ) -> Result<Dumped, DumpError> {
-    let head = header_block(regions, vcpus);
+    let head = header_block(regions, vcpus, vmcoreinfo);
     let mut sink = HashingSink { out, sha: Sha256::new(), bytes: 0, buf: vec![0; CHUNK] };
     sink.emit(&head).map_err(DumpError::Write)?;
     for &(gpa, len) in regions {
@@ -134,14 +140,63 @@ fn data_offset(regions: &[(u64, u64)], notes: usize) -> u64 {
     notes_end.div_ceil(PAGE) * PAGE
 }
 
+/// The guest kernel's VMCOREINFO text, found by following its `vmcoreinfo_note`
+/// pointer (the variable at guest-physical `symbol`, from the kernel's symbol
+/// table) into the direct map. The note is the guest's: every length is bounded
+/// and the text must look like one (`OSRELEASE=` first, printable lines), or it is
+/// left out with the reason. It only ever goes into the file, for an analyst.
+pub fn find_vmcoreinfo(memory: &GuestMemoryMmap, symbol: u64, vcpus: &[Cpu]) -> Result<Vec<u8>, String> {
+    let mut pointer = [0u8; 8];
+    memory
+        .read_slice(&mut pointer, GuestAddress(symbol))
+        .map_err(|_| format!("the vmcoreinfo_note variable at {symbol:#x} is outside guest RAM"))?;
+    let pointer = u64::from_le_bytes(pointer);
+    let gpa = pointer
+        .checked_sub(page_offset(vcpus))
+        .ok_or_else(|| format!("vmcoreinfo_note is {pointer:#x}, not an address in the kernel's direct map"))?;
+    let mut header = [0u8; 24];
+    memory
+        .read_slice(&mut header, GuestAddress(gpa))
+        .map_err(|_| format!("vmcoreinfo_note points outside guest RAM ({gpa:#x})"))?;
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let (namesz, descsz, kind) = (word(0), word(4), word(8));
+    if namesz != VMCOREINFO_NAME.len() as u32 || kind != 0 || &header[12..12 + VMCOREINFO_NAME.len()] != VMCOREINFO_NAME
+    {
+        return Err(format!("no VMCOREINFO note header at {gpa:#x}"));
+    }
+    if descsz == 0 || descsz > VMCOREINFO_MAX {
+        return Err(format!("the VMCOREINFO note claims {descsz} bytes (at most {VMCOREINFO_MAX})"));
+    }
+    let mut text = vec![0u8; descsz as usize];
+    memory
+        .read_slice(&mut text, GuestAddress(gpa + header.len() as u64))
+        .map_err(|_| format!("the VMCOREINFO text at {gpa:#x} runs outside guest RAM"))?;
+    let printable = text.iter().all(|&b| b == b'\n' || (b' '..=b'~').contains(&b));
+    if !text.starts_with(b"OSRELEASE=") || !printable {
+        return Err("the VMCOREINFO text does not start with OSRELEASE= or is not printable text".into());
+    }
+    Ok(text)
+}
+
+/// The base of the guest kernel's direct map (no KASLR), from vCPU 0's paging mode.
+fn page_offset(vcpus: &[Cpu]) -> u64 {
+    match vcpus.first() {
+        Some(vcpu) if vcpu.sregs.cr4 & CR4_LA57 != 0 => PAGE_OFFSET_L5,
+        _ => PAGE_OFFSET_L4,
+    }
+}
+
 /// The ELF header, program headers and notes, padded to where RAM starts.
-pub fn header_block(regions: &[(u64, u64)], vcpus: &[Cpu]) -> Vec<u8> {
+pub fn header_block(regions: &[(u64, u64)], vcpus: &[Cpu], vmcoreinfo: Option<&[u8]>) -> Vec<u8> {
     let mut notes = Vec::new();
     for vcpu in vcpus {
         note(&mut notes, b"CORE\0", NT_PRSTATUS, &prstatus(vcpu.index, &vcpu.regs, &vcpu.sregs));
     }
     for vcpu in vcpus {
         note(&mut notes, b"QEMU\0", 0, &qemu_cpu_state(&vcpu.regs, &vcpu.sregs, vcpu.kernel_gs_base));
+    }
+    if let Some(text) = vmcoreinfo {
+        note(&mut notes, VMCOREINFO_NAME, 0, text);
     }
     let phnum = 1 + regions.len() as u64;
     let notes_at = ELF_HEADER + PROGRAM_HEADER * phnum;
@@ -171,10 +226,7 @@ pub fn header_block(regions: &[(u64, u64)], vcpus: &[Cpu]) -> Vec<u8> {
         ..Elf64_Phdr::default()
     };
     head.extend_from_slice(note_header.as_slice());
-    let page_offset = match vcpus.first() {
-        Some(vcpu) if vcpu.sregs.cr4 & CR4_LA57 != 0 => PAGE_OFFSET_L5,
-        _ => PAGE_OFFSET_L4,
-    };
+    let page_offset = page_offset(vcpus);
     let mut offset = data_at;
     for &(gpa, len) in regions {
         let load = Elf64_Phdr {
@@ -372,7 +424,7 @@ mod tests {
         memory.write_slice(b"high", GuestAddress(0x1_0000_0000)).expect("high");
         let vcpus = [vcpu(0), vcpu(1)];
         let mut file = Vec::new();
-        let dumped = write(&mut file, &memory, &regions, &vcpus).expect("dump");
+        let dumped = write(&mut file, &memory, &regions, &vcpus, None).expect("dump");
         assert_eq!(dumped.bytes, file.len() as u64);
         assert_eq!(dumped.sha256, <[u8; 32]>::from(Sha256::digest(&file)), "the digest is the file's");
         assert_eq!(&file[..4], b"\x7fELF");
@@ -398,5 +450,66 @@ mod tests {
         let first_note = &file[64 + 56 * 3..];
         assert_eq!((u32_at(first_note, 0), u32_at(first_note, 4), u32_at(first_note, 8)), (5, 336, 1));
         assert_eq!(&first_note[12..17], b"CORE\0");
+    }
+
+    /// Guest RAM holding a kernel's `vmcoreinfo_note` variable at 0x1000, pointing
+    /// (through the direct map) at a note at 0x3000 with `text`.
+    fn kernel_with_note(namesz: u32, descsz: u32, text: &[u8]) -> GuestMemoryMmap {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE as usize)]).expect("memory");
+        memory.write_slice(&(PAGE_OFFSET_L4 + 3 * PAGE).to_le_bytes(), GuestAddress(PAGE)).expect("pointer");
+        let mut note = Vec::new();
+        for word in [namesz, descsz, 0] {
+            note.extend_from_slice(&word.to_le_bytes());
+        }
+        note.extend_from_slice(b"VMCOREINFO\0\0");
+        note.extend_from_slice(text);
+        memory.write_slice(&note, GuestAddress(3 * PAGE)).expect("note");
+        memory
+    }
+
+    #[test]
+    fn vmcoreinfo_is_the_kernels_note_copied_and_checked() {
+        let text = b"OSRELEASE=6.1.0\nPAGESIZE=4096\nSYMBOL(_stext)=ffffffff81000000\n";
+        let vcpus = [vcpu(0)];
+        let memory = kernel_with_note(11, text.len() as u32, text);
+        let found = find_vmcoreinfo(&memory, PAGE, &vcpus).expect("found");
+        assert_eq!(found, text);
+
+        let mut file = Vec::new();
+        let regions = [(0u64, 4 * PAGE)];
+        write(&mut file, &memory, &regions, &vcpus, Some(&found)).expect("dump");
+        let notes = &file[64 + 56 * 2..];
+        let last = &notes[356 + 460..];
+        assert_eq!((u32_at(last, 0), u32_at(last, 4), u32_at(last, 8)), (11, text.len() as u32, 0));
+        assert_eq!(&last[12..23], b"VMCOREINFO\0");
+        assert_eq!(&last[24..24 + text.len()], text, "after the CPU notes, verbatim");
+        let notes_len = u64_at(&file[64..], 32) as usize;
+        assert_eq!(notes_len, 356 + 460 + 24 + text.len().div_ceil(4) * 4);
+    }
+
+    #[test]
+    fn a_missing_or_forged_vmcoreinfo_is_left_out_with_the_reason() {
+        let text = b"OSRELEASE=6.1.0\n";
+        let vcpus = [vcpu(0)];
+        let good = kernel_with_note(11, text.len() as u32, text);
+        let outside = find_vmcoreinfo(&good, 64 * PAGE, &vcpus).expect_err("symbol outside RAM");
+        assert!(outside.contains("outside guest RAM"), "{outside}");
+        let not_direct = find_vmcoreinfo(&good, 0, &vcpus).expect_err("a null pointer");
+        assert!(not_direct.contains("direct map"), "{not_direct}");
+        let cases: [(u32, u32, &[u8], &str); 4] = [
+            (12, text.len() as u32, text, "no VMCOREINFO note header"),
+            (11, 8192, text, "at most 4096"),
+            (11, 9, b"PAGESIZE=", "OSRELEASE="),
+            (11, text.len() as u32, b"OSRELEASE=\x1b[2J\n", "printable"),
+        ];
+        for (namesz, descsz, body, want) in cases {
+            let memory = kernel_with_note(namesz, descsz, body);
+            let err = find_vmcoreinfo(&memory, PAGE, &vcpus).expect_err(want);
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        // A claimed length that runs past the end of RAM.
+        let memory = kernel_with_note(11, 4096, b"OSRELEASE=x");
+        memory.write_slice(&(PAGE_OFFSET_L4 + 3 * PAGE + 2048).to_le_bytes(), GuestAddress(PAGE)).expect("pointer");
+        assert!(find_vmcoreinfo(&memory, PAGE, &vcpus).is_err());
     }
 }

@@ -277,9 +277,9 @@ impl Running {
                             let file = self.vmm.api.as_mut().and_then(|api| api.take_fd(fd));
                             self.save_state(Target::Descriptor(file))
                         }
-                        Ok(Request::DumpMemoryFd {}) => {
+                        Ok(Request::DumpMemoryFd { vmcoreinfo_note_symbol }) => {
                             let file = self.vmm.api.as_mut().and_then(|api| api.take_fd(fd));
-                            self.dump_memory(file)
+                            self.dump_memory(file, vmcoreinfo_note_symbol)
                         }
                         Ok(request) => self.handle(request),
                         Err(error) => Response::Error(error),
@@ -312,7 +312,7 @@ impl Running {
             Request::SaveState { path } => self.save_state(Target::Path(&path)),
             // Answered with its descriptor by the caller; here only if it came without one.
             Request::SaveStateFd {} => self.save_state(Target::Descriptor(None)),
-            Request::DumpMemoryFd {} => self.dump_memory(None),
+            Request::DumpMemoryFd { .. } => self.dump_memory(None, None),
         }
     }
 
@@ -428,7 +428,7 @@ impl Running {
     }
 
     /// `dump-memory-fd`: guest RAM and the vCPUs' registers as an ELF core into `file`.
-    fn dump_memory(&mut self, file: Option<std::os::fd::OwnedFd>) -> Response {
+    fn dump_memory(&mut self, file: Option<std::os::fd::OwnedFd>, vmcoreinfo_note_symbol: Option<u64>) -> Response {
         let Some(file) = file else {
             return Response::error(
                 ErrorCode::InvalidRequest,
@@ -445,8 +445,14 @@ impl Running {
         }
         let regions = crate::arch::layout::ram_ranges(self.vmm.config.machine.memory_mib << 20);
         let cpus: Vec<coredump::Cpu> = vcpus.iter().map(coredump::Cpu::from).collect();
+        let memory = self.vmm.vm.memory();
+        let vmcoreinfo = vmcoreinfo_note_symbol.map(|symbol| coredump::find_vmcoreinfo(memory, symbol, &cpus));
+        if let Some(Err(why)) = &vmcoreinfo {
+            log::warn!("dump-memory-fd: no VMCOREINFO note: {why}");
+        }
+        let text = vmcoreinfo.as_ref().and_then(|found| found.as_deref().ok());
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
-        let dumped = coredump::write(&mut out, self.vmm.vm.memory(), &regions, &cpus);
+        let dumped = coredump::write(&mut out, memory, &regions, &cpus, text);
         drop(out);
         match dumped {
             Ok(dumped) => {
@@ -461,6 +467,8 @@ impl Running {
                     sha256: dumped.sha256.iter().map(|b| format!("{b:02x}")).collect(),
                     vcpus: cpus.len() as u8,
                     regions: regions.len() as u8,
+                    vmcoreinfo_bytes: text.map_or(0, |t| t.len() as u32),
+                    vmcoreinfo_missing: vmcoreinfo.and_then(Result::err),
                 })
             }
             Err(e) => Response::error(ErrorCode::FailedPrecondition, error_chain(&e)),

@@ -174,8 +174,14 @@ impl Client {
     /// `dump-memory-fd`: brig-vmm writes guest RAM as an ELF core into `file` (an
     /// empty regular file or a pipe's write end, sent as `SCM_RIGHTS`). It answers
     /// once all of it is written, so `timeout` must allow for the guest's size.
-    pub fn dump_memory_to(&mut self, file: impl AsFd, timeout: Duration) -> Result<MemoryDumped, ClientError> {
-        self.typed_with_fd(Request::DumpMemoryFd {}, file.as_fd(), timeout, |a| {
+    /// `vmcoreinfo_note_symbol`: see [`Request::DumpMemoryFd`].
+    pub fn dump_memory_to(
+        &mut self,
+        file: impl AsFd,
+        vmcoreinfo_note_symbol: Option<u64>,
+        timeout: Duration,
+    ) -> Result<MemoryDumped, ClientError> {
+        self.typed_with_fd(Request::DumpMemoryFd { vmcoreinfo_note_symbol }, file.as_fd(), timeout, |a| {
             if let Response::MemoryDumped(d) = a {
                 Some(d)
             } else {

@@ -43,12 +43,14 @@ pub fn exchanges() -> Vec<(Request, Response)> {
         ),
         (Request::SaveStateFd {}, Response::Saved(Saved { path: None, bytes: 48_213 })),
         (
-            Request::DumpMemoryFd {},
+            Request::DumpMemoryFd { vmcoreinfo_note_symbol: Some(0x0192_0a48) },
             Response::MemoryDumped(MemoryDumped {
                 bytes: 268_439_552,
                 sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
                 vcpus: 2,
                 regions: 1,
+                vmcoreinfo_bytes: 2_571,
+                vmcoreinfo_missing: None,
             }),
         ),
         (

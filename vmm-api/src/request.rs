@@ -37,7 +37,15 @@ pub enum Request {
     /// Writes guest RAM and the vCPUs' registers as an ELF64 core (`memory.elf`,
     /// docs/snapshot-format.md) into the descriptor sent with this request line
     /// (`SCM_RIGHTS`): an empty regular file or a pipe (needs a paused VM; API 1.2).
-    DumpMemoryFd {},
+    DumpMemoryFd {
+        /// Where the guest kernel keeps its `vmcoreinfo_note` pointer: the
+        /// guest-physical address of that variable, from the kernel's own symbol
+        /// table. brig-vmm follows the pointer and copies the note it finds there,
+        /// checked, as the core's `VMCOREINFO` note (API 1.3). Without it, or when
+        /// nothing valid is there, the core has no such note.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vmcoreinfo_note_symbol: Option<u64>,
+    },
 }
 
 impl Request {
@@ -52,7 +60,7 @@ impl Request {
             Request::Metrics {} => "metrics",
             Request::SaveState { .. } => "save-state",
             Request::SaveStateFd {} => "save-state-fd",
-            Request::DumpMemoryFd {} => "dump-memory-fd",
+            Request::DumpMemoryFd { .. } => "dump-memory-fd",
         }
     }
 }

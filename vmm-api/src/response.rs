@@ -115,6 +115,14 @@ pub struct MemoryDumped {
     pub vcpus: u8,
     /// Guest-physical RAM regions, as `PT_LOAD` segments.
     pub regions: u8,
+    /// Bytes of the guest kernel's `VMCOREINFO` text copied into the core (0: none).
+    /// The text is the guest's own description of itself: for an analyst's tools,
+    /// never for a decision (API 1.3).
+    #[serde(default)]
+    pub vmcoreinfo_bytes: u32,
+    /// Why a `VMCOREINFO` note that was asked for is not in the core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmcoreinfo_missing: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
