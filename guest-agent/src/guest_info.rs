@@ -1,4 +1,42 @@
-//! Facts about the guest for `GuestInfo`, read from /proc.
+//! Facts about the guest for `GuestInfo` and `DescribeGuest`, read from /proc.
+
+/// The most processes and mounts `DescribeGuest` sends.
+pub const MAX_ENTRIES: usize = 4096;
+/// A command line is cut at this many bytes.
+pub const MAX_CMDLINE: usize = 1024;
+
+/// `(comm, state, ppid)` from /proc/PID/stat text. The name is between the first
+/// `(` and the last `)`: it may hold spaces and parentheses itself.
+pub fn stat(text: &str) -> Option<(String, String, u32)> {
+    let (open, close) = (text.find('(')?, text.rfind(')')?);
+    let comm = text.get(open + 1..close)?.to_owned();
+    let mut rest = text.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.to_owned();
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, state, ppid))
+}
+
+/// The real uid from /proc/PID/status text.
+pub fn uid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok())
+}
+
+/// A command line as one string: NULs as spaces, at most [`MAX_CMDLINE`] bytes.
+pub fn cmdline(raw: &[u8]) -> String {
+    let cut = &raw[..raw.len().min(MAX_CMDLINE)];
+    String::from_utf8_lossy(cut).replace('\0', " ").trim_end().to_owned()
+}
+
+/// `(source, target, fstype, options)` of each line of /proc/mounts text.
+pub fn mounts(text: &str) -> Vec<(String, String, String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_owned(), f.next()?.to_owned(), f.next()?.to_owned(), f.next()?.to_owned()))
+        })
+        .take(MAX_ENTRIES)
+        .collect()
+}
 
 /// `(total, available)` bytes from /proc/meminfo text.
 pub fn memory(meminfo: &str) -> (u64, u64) {
@@ -34,5 +72,18 @@ mod tests {
         assert_eq!(cpus("cpu  1 2 3\ncpu0 1 2 3\ncpu1 4 5 6\nintr 1\n"), 2);
         assert_eq!(memory(""), (0, 0));
         assert_eq!(uptime_ms("garbage"), 0);
+    }
+
+    #[test]
+    fn parses_what_describe_guest_reports() {
+        let (comm, state, ppid) = stat("61 (a (b) c) S 54 61 1 0 -1 4194560").expect("stat");
+        assert_eq!((comm.as_str(), state.as_str(), ppid), ("a (b) c", "S", 54));
+        assert_eq!(stat("61 no parens S 1"), None);
+        assert_eq!(uid("Name:\tsh\nUid:\t1000\t1000\t1000\t1000\n"), Some(1000));
+        assert_eq!(cmdline(b"sh\0-c\0sleep 1\0"), "sh -c sleep 1");
+        assert_eq!(cmdline(&vec![b'x'; 5000]).len(), MAX_CMDLINE);
+        let m = mounts("proc /proc proc rw,nosuid 0 0\nbad\n/dev/vda / ext4 ro 0 0\n");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1], ("/dev/vda".into(), "/".into(), "ext4".into(), "ro".into()));
     }
 }

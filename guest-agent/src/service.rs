@@ -93,6 +93,49 @@ impl Agent for AgentService {
         })
     }
 
+    fn describe_guest(&self, _ctx: &TtrpcContext, _req: DescribeGuestRequest) -> ttrpc::Result<DescribeGuestResponse> {
+        let mut processes = Vec::new();
+        let mut truncated = false;
+        for entry in std::fs::read_dir("/proc").map_err(|e| internal("/proc", e))?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            if processes.len() == guest_info::MAX_ENTRIES {
+                truncated = true;
+                break;
+            }
+            let dir = entry.path();
+            // A process may end while it is read: what is gone is skipped.
+            let Some((comm, state, ppid)) =
+                std::fs::read_to_string(dir.join("stat")).ok().as_deref().and_then(guest_info::stat)
+            else {
+                continue;
+            };
+            let uid = std::fs::read_to_string(dir.join("status")).ok().as_deref().and_then(guest_info::uid);
+            let cmdline = std::fs::read(dir.join("cmdline")).map(|raw| guest_info::cmdline(&raw)).unwrap_or_default();
+            processes.push(GuestProcess {
+                pid,
+                ppid,
+                comm,
+                cmdline,
+                uid: uid.unwrap_or(u32::MAX),
+                state,
+                ..Default::default()
+            });
+        }
+        let text = std::fs::read_to_string("/proc/mounts").map_err(|e| internal("/proc/mounts", e))?;
+        truncated |= text.lines().count() > guest_info::MAX_ENTRIES;
+        let mounts = guest_info::mounts(&text)
+            .into_iter()
+            .map(|(source, target, fstype, options)| GuestMount {
+                source,
+                target,
+                fstype,
+                options,
+                ..Default::default()
+            })
+            .collect();
+        Ok(DescribeGuestResponse { processes, mounts, truncated, ..Default::default() })
+    }
+
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<ShutdownResponse> {
         log::info!("shutdown requested");
         let power_off = self.power_off;

@@ -17,7 +17,8 @@ use crate::sandbox::Size;
 /// The jail's root inside the task's state directory.
 const JAIL_ROOT: &str = "jail";
 /// Paths brig-vmm sees inside the jail.
-const JAIL_KERNEL: &str = "/vmlinux";
+/// Where the kernel sits in every jail (brig snapshot reads it through `/proc/PID/root`).
+pub const JAIL_KERNEL: &str = "/vmlinux";
 const JAIL_INITRAMFS: &str = "/initramfs.cpio";
 const JAIL_VM_JSON: &str = "/vm.json";
 const JAIL_ROOTFS: &str = "/images/rootfs.img";

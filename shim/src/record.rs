@@ -30,6 +30,8 @@ pub struct TaskRecord {
     pub rootfs: Option<PathBuf>,
     /// brig-vmm's control socket, host side.
     pub api: PathBuf,
+    /// brig-vmm's hybrid vsock socket (the agent behind it).
+    pub vsock: PathBuf,
     /// The guest console log, host side (in the jail's `state/`: the sandbox uid's).
     pub console: PathBuf,
     pub jailed: bool,
@@ -63,6 +65,7 @@ impl TaskRecord {
             memory_mib: vm.as_ref().map(|vm| vm.machine.memory_mib),
             rootfs,
             api: state.join("api.sock"),
+            vsock: state.join("vsock.sock"),
             console: state.join("console.log"),
             jailed,
         })

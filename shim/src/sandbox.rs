@@ -65,7 +65,7 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
-fn ctx(timeout: Duration) -> context::Context {
+pub fn ctx(timeout: Duration) -> context::Context {
     context::with_timeout(timeout.as_nanos() as i64)
 }
 
@@ -446,7 +446,9 @@ fn socket(path: &Path) -> Result<files::SocketPath, ShimError> {
 }
 
 /// Hybrid vsock handshake, then a ttrpc client; checks the agent's API version.
-async fn connect_agent(vsock: &Path, timeout: Duration) -> Result<AgentClient, ShimError> {
+/// A client of the guest agent behind the hybrid vsock socket `vsock` (never through
+/// a symlink), checked with `Ping` to speak this build's API; also brig snapshot's.
+pub async fn connect_agent(vsock: &Path, timeout: Duration) -> Result<AgentClient, ShimError> {
     let socket = socket(vsock)?;
     let stream = vsock::connect_async(socket.path(), AGENT_VSOCK_PORT, timeout).await?;
     let client = AgentClient::new(brig_protocol::ttrpc::asynchronous::Client::new(Socket::from(stream)));

@@ -3,6 +3,7 @@
 //! signals that are not sent, OOM kills without end.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,9 +33,21 @@ struct Liar {
     mode: Mode,
     state: Mutex<State>,
     exited: Condvar,
+    /// `mute`: set once StartContainer has been answered.
+    started: AtomicBool,
 }
 
 impl Liar {
+    /// `mute`: once the container has "started", no call is ever answered again
+    /// (the handler's thread waits forever), `Ping` included.
+    fn mute(&self) {
+        if self.mode == Mode::Mute && self.started.load(Ordering::SeqCst) {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -44,10 +57,11 @@ fn deadline_exceeded(message: &str) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(Code::DEADLINE_EXCEEDED, message))
 }
 
-/// Serves the agent API in `mode` (`lie`, `oom-flood` or `never-wait`) in the
+/// Serves the agent API in `mode` (`lie`, `oom-flood`, `never-wait` or `mute`) in the
 /// server's own threads, for as long as the server is kept.
 pub fn serve(mode: Mode) -> Result<ttrpc::Server, String> {
-    let liar: Arc<dyn Agent + Send + Sync> = Arc::new(Liar { mode, state: Mutex::default(), exited: Condvar::new() });
+    let liar: Arc<dyn Agent + Send + Sync> =
+        Arc::new(Liar { mode, state: Mutex::default(), exited: Condvar::new(), started: AtomicBool::new(false) });
     let address = format!("vsock://-1:{AGENT_VSOCK_PORT}");
     let server = ttrpc::Server::new().bind(&address).map_err(|e| format!("bind {address}: {e}"))?;
     let mut server = server.register_service(create_agent(liar));
@@ -57,6 +71,7 @@ pub fn serve(mode: Mode) -> Result<ttrpc::Server, String> {
 
 impl Agent for Liar {
     fn ping(&self, _ctx: &TtrpcContext, _req: PingRequest) -> ttrpc::Result<PingResponse> {
+        self.mute();
         Ok(PingResponse {
             agent_version: "hostile".into(),
             api_major: API_MAJOR,
@@ -66,6 +81,7 @@ impl Agent for Liar {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<ShutdownResponse> {
+        self.mute();
         if self.mode == Mode::Lie {
             println!("hostile: Shutdown acknowledged, and ignored");
         } else {
@@ -89,14 +105,20 @@ impl Agent for Liar {
         _ctx: &TtrpcContext,
         _req: StartContainerRequest,
     ) -> ttrpc::Result<StartContainerResponse> {
+        if self.mode == Mode::Mute {
+            println!("hostile: StartContainer answered; from now on nothing is");
+            self.started.store(true, Ordering::SeqCst);
+        }
         Ok(StartContainerResponse::default())
     }
 
     fn exec_process(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
+        self.mute();
         Ok(ExecProcessResponse { pid: MADE_UP_PID, ..Default::default() })
     }
 
     fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<SignalProcessResponse> {
+        self.mute();
         println!("hostile: signal {} to {:?} acknowledged", req.signal, req.exec_id);
         if self.mode == Mode::OomFlood && (req.signal == 9 || req.signal == 15) {
             self.state().exits.insert(req.exec_id, 128 + req.signal as i32);
@@ -106,6 +128,7 @@ impl Agent for Liar {
     }
 
     fn wait_process(&self, _ctx: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+        self.mute();
         let exit_code = match self.mode {
             Mode::Lie => MADE_UP_STATUS,
             Mode::OomFlood => {
@@ -132,6 +155,7 @@ impl Agent for Liar {
         _ctx: &TtrpcContext,
         _req: PauseContainerRequest,
     ) -> ttrpc::Result<PauseContainerResponse> {
+        self.mute();
         Ok(PauseContainerResponse::default())
     }
 
@@ -140,6 +164,7 @@ impl Agent for Liar {
         _ctx: &TtrpcContext,
         _req: ResumeContainerRequest,
     ) -> ttrpc::Result<ResumeContainerResponse> {
+        self.mute();
         Ok(ResumeContainerResponse::default())
     }
 
@@ -148,6 +173,7 @@ impl Agent for Liar {
         _ctx: &TtrpcContext,
         _req: UpdateContainerRequest,
     ) -> ttrpc::Result<UpdateContainerResponse> {
+        self.mute();
         Ok(UpdateContainerResponse::default())
     }
 
@@ -156,10 +182,12 @@ impl Agent for Liar {
         _ctx: &TtrpcContext,
         _req: RemoveContainerRequest,
     ) -> ttrpc::Result<RemoveContainerResponse> {
+        self.mute();
         Ok(RemoveContainerResponse::default())
     }
 
     fn list_processes(&self, _ctx: &TtrpcContext, _req: ListProcessesRequest) -> ttrpc::Result<ListProcessesResponse> {
+        self.mute();
         let pids = if self.mode == Mode::Lie { vec![0, MADE_UP_PID, u32::MAX] } else { vec![MADE_UP_PID] };
         Ok(ListProcessesResponse { pids, ..Default::default() })
     }
@@ -169,18 +197,22 @@ impl Agent for Liar {
         _ctx: &TtrpcContext,
         _req: StatsContainerRequest,
     ) -> ttrpc::Result<StatsContainerResponse> {
+        self.mute();
         Ok(StatsContainerResponse::default())
     }
 
     fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> ttrpc::Result<ResizePtyResponse> {
+        self.mute();
         Ok(ResizePtyResponse::default())
     }
 
     fn close_stdin(&self, _ctx: &TtrpcContext, _req: CloseStdinRequest) -> ttrpc::Result<CloseStdinResponse> {
+        self.mute();
         Ok(CloseStdinResponse::default())
     }
 
     fn get_oom_event(&self, ctx: &TtrpcContext, _req: GetOomEventRequest) -> ttrpc::Result<GetOomEventResponse> {
+        self.mute();
         let container = self.state().container.clone();
         match container {
             Some(container_id) if self.mode == Mode::OomFlood => {

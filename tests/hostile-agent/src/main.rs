@@ -14,7 +14,9 @@
 //! - `oom-flood`: behaves (a signal 9 or 15 ends the process), but `GetOomEvent`
 //!   answers at once with an OOM kill, forever;
 //! - `never-wait`: acknowledges every signal, carries out none, and never answers
-//!   `Wait`.
+//!   `Wait`;
+//! - `mute`: answers until the container has started (nothing is behind it), then
+//!   never again, `Ping` included: an agent that stopped answering.
 //!
 //! The stdio port (1025) accepts every stream (`OK`) and closes the output streams
 //! at once. Each mode logs `hostile: …` lines on the console.
@@ -43,6 +45,7 @@ pub enum Mode {
     Lie,
     OomFlood,
     NeverWait,
+    Mute,
 }
 
 impl Mode {
@@ -54,6 +57,7 @@ impl Mode {
             "lie" => Mode::Lie,
             "oom-flood" => Mode::OomFlood,
             "never-wait" => Mode::NeverWait,
+            "mute" => Mode::Mute,
             _ => return None,
         })
     }
@@ -81,7 +85,7 @@ fn main() {
     // Kept until the VM ends: the server stops when dropped.
     let _server = match mode {
         Mode::Silent | Mode::Garbage | Mode::Oversized => raw::serve(mode).map(|()| None),
-        Mode::Lie | Mode::OomFlood | Mode::NeverWait => liar::serve(mode).map(Some),
+        Mode::Lie | Mode::OomFlood | Mode::NeverWait | Mode::Mute => liar::serve(mode).map(Some),
     }
     .unwrap_or_else(|e| {
         println!("hostile: agent port: {e}");
