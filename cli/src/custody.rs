@@ -35,6 +35,11 @@ pub struct Entry {
     pub brig_version: String,
     /// SHA-256 of manifest.json as it was at this event.
     pub manifest_sha256: String,
+    /// `copied`: the directory copied from and the one copied to (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_to: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +57,8 @@ pub struct Event<'a> {
     pub action: &'a str,
     pub operator: Option<&'a str>,
     pub reason: &'a str,
+    /// For `copied`: from where to where.
+    pub copy: Option<(&'a Path, &'a Path)>,
 }
 
 /// Appends `event` to `dir`'s custody log, signed with `key`.
@@ -73,6 +80,8 @@ pub fn append(dir: &Path, key: &SigningKey, event: &Event<'_>) -> Result<()> {
         host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         brig_version: env!("CARGO_PKG_VERSION").into(),
         manifest_sha256: hex(&Sha256::digest(&manifest)),
+        copied_from: event.copy.map(|(from, _)| from.display().to_string()),
+        copied_to: event.copy.map(|(_, to)| to.display().to_string()),
     };
     let body = serde_json::to_vec(&entry)?;
     let line = Line { entry, keyid: key_id(&key.verifying_key()), sig: signing::sign_base64(key, &body) };
@@ -99,8 +108,11 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
 
 /// Checks the chain and every signature; returns the entries.
 pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<Vec<Entry>> {
-    let path = dir.join(FILE);
-    let lines = read_lines(&path)?;
+    verify_lines(&read_lines(&dir.join(FILE))?, key)
+}
+
+/// [`verify`] of custody.log's `lines`, as read.
+pub fn verify_lines(lines: &[String], key: &VerifyingKey) -> Result<Vec<Entry>> {
     if lines.is_empty() {
         bail!("{FILE}: missing or empty (every snapshot records its capture)");
     }
@@ -174,7 +186,7 @@ mod tests {
         std::fs::write(dir.join("manifest.json"), "{}").expect("manifest");
         let key = SigningKey::from_bytes(&[3u8; 32]);
         for action in ["captured", "copied", "verified"] {
-            append(&dir, &key, &Event { action, operator: Some("alice"), reason: "test" }).expect("append");
+            append(&dir, &key, &Event { action, operator: Some("alice"), reason: "test", copy: None }).expect("append");
         }
         let entries = verify(&dir, &key.verifying_key()).expect("valid chain");
         assert_eq!(entries.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["captured", "copied", "verified"]);

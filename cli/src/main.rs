@@ -6,11 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod custody;
-mod ps;
-mod signing;
-mod snapshot;
-mod verify;
+use brig_cli::{copy, ps, signing, snapshot, verify};
 
 const ABOUT: &str = "brig: inspect the micro-VMs that brig runs containers in";
 
@@ -49,6 +45,7 @@ enum Command {
     Ps(ps::Args),
     Snapshot(snapshot::Args),
     Verify(verify::Args),
+    Copy(copy::Args),
     Keygen(signing::KeygenArgs),
 }
 
@@ -58,6 +55,7 @@ fn main() -> ExitCode {
         Command::Ps(args) => ps::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Copy(args) => copy::run(&args),
         Command::Keygen(args) => signing::keygen(&args),
     };
     match outcome {

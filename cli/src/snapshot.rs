@@ -17,17 +17,21 @@ use brig_shim::config::Config;
 use brig_shim::files::SocketPath;
 use brig_shim::record::{self, TaskRecord};
 use brig_vmm_api::client::Client;
-use brig_vmm_api::RunState;
+use brig_vmm_api::{RunState, VmState};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::custody;
+use crate::kernel::{self, Vmlinux};
 use crate::signing::{self, hex};
 
 /// How long ordinary control requests may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of a log file (console, vmm.log) taken: they are the sandbox's to fill.
 const MAX_LOG: u64 = 64 << 20;
+/// Made first in the output directory and removed only once the manifest and the
+/// custody log are written: a capture that failed or was cut short keeps it.
+pub const INCOMPLETE: &str = "INCOMPLETE";
 
 /// Capture a forensic snapshot of a running sandbox into DIR.
 ///
@@ -63,25 +67,25 @@ pub struct Args {
 
 /// One captured file.
 #[derive(Debug, Clone, Serialize)]
-struct Subject {
-    name: String,
-    size: u64,
-    digest: Digests,
+pub(crate) struct Subject {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) digest: Digests,
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct Digests {
-    sha256: String,
+pub(crate) struct Digests {
+    pub(crate) sha256: String,
 }
 
 /// The output directory and what has been written to it.
-struct Evidence {
-    dir: PathBuf,
-    subjects: Vec<Subject>,
+pub(crate) struct Evidence {
+    pub(crate) dir: PathBuf,
+    pub(crate) subjects: Vec<Subject>,
 }
 
 impl Evidence {
-    fn create(dir: &Path) -> Result<Evidence> {
+    pub(crate) fn create(dir: &Path) -> Result<Evidence> {
         match std::fs::read_dir(dir) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -95,11 +99,31 @@ impl Evidence {
                 .with_context(|| format!("creating {}", dir.display()))?,
             Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
         }
+        let marker = dir.join(INCOMPLETE);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&marker)
+            .and_then(|mut f| f.write_all(b"capture in progress\n"))
+            .with_context(|| format!("creating {}", marker.display()))?;
         Ok(Evidence { dir: dir.to_path_buf(), subjects: Vec::new() })
     }
 
+    /// Says in the marker why the capture stopped (best effort: the disk may be full).
+    pub(crate) fn mark_failed(dir: &Path, error: &anyhow::Error) {
+        let _ = std::fs::write(dir.join(INCOMPLETE), format!("capture failed: {error:#}\n"));
+    }
+
+    /// The capture is whole: the marker goes.
+    pub(crate) fn complete(&self) -> Result<()> {
+        let marker = self.dir.join(INCOMPLETE);
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", self.dir.display()))
+    }
+
     /// Copies `from` into a new file `name`, hashing what is written.
-    fn stream(&mut self, name: &str, mut from: impl Read) -> Result<Subject> {
+    pub(crate) fn stream(&mut self, name: &str, mut from: impl Read) -> Result<Subject> {
         let path = self.dir.join(name);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -211,6 +235,25 @@ struct Predicate {
     versions: Versions,
     /// brig-vmm's own SHA-256 of memory.elf, equal to the one computed here.
     vmm_reported_memory_sha256: String,
+    guest_kernel: GuestKernel,
+    /// Whether agent-view.json was written, and if not why.
+    agent_view: String,
+}
+
+#[derive(Debug, Serialize)]
+struct GuestKernel {
+    /// The vmlinux brig-vmm booted (read where brig-vmm sees it).
+    booted: Option<Vmlinux>,
+    /// The same kernel with its DWARF, to open memory.elf with (crash, gdb).
+    debug: Option<Vmlinux>,
+    /// Whether the two share a build-id.
+    debug_matches: bool,
+    /// Bytes of the guest's own VMCOREINFO note in memory.elf (0: none).
+    vmcoreinfo_bytes: u32,
+    /// Why it is not there, when it is not.
+    vmcoreinfo_missing: Option<String>,
+    /// Problems reading either file.
+    errors: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -219,6 +262,10 @@ struct Sandbox {
     namespace: String,
     vmm_pid: Option<u32>,
     rootfs_image: Option<String>,
+    /// SHA-256 of the rootfs image file, computed after the VM was resumed.
+    rootfs_image_sha256: Option<String>,
+    /// Image name and digest as containerd put them in the spec (CRI does).
+    image_annotations: std::collections::BTreeMap<String, String>,
     jailed: bool,
 }
 
@@ -244,97 +291,173 @@ pub fn run(args: &Args) -> Result<()> {
         .with_context(|| format!("{} has no control socket (has its VM exited?)", args.id))?;
     let mut control = Client::connect(socket.path(), CONTROL_TIMEOUT).context("brig-vmm's control socket")?;
     let before = control.state().context("asking brig-vmm for the VM's state")?;
+    // Read and hashed before the pause, which is the workload's to pay for.
+    let (kernel, vmcoreinfo_note_symbol) = guest_kernel(&config, &task);
     let evidence = Evidence::create(&args.output)?;
-
-    let was_paused = before.state == RunState::Paused;
-    let started = Instant::now();
-    control.pause().context("pausing the vCPUs")?;
-    let paused_wall = SystemTime::now();
-    let paused_mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).context("CLOCK_MONOTONIC")?;
-    let captured = capture(&mut control, evidence, before.memory_mib);
-    // Resume whatever happened, unless asked not to: the workload must not stay frozen by a failed capture.
-    let resumed = !args.keep_paused && !was_paused;
-    if resumed {
-        control.resume().context("resuming the vCPUs")?;
+    let dir = evidence.dir.clone();
+    let capture = Capture { args, task: &task, key: &key, kernel, vmcoreinfo_note_symbol };
+    let captured = capture.run(&mut control, &before, evidence);
+    if let Err(e) = &captured {
+        Evidence::mark_failed(&dir, e);
     }
-    let paused_for = started.elapsed();
-    let (mut evidence, vmm_sha) = captured?;
+    captured
+}
 
-    evidence.write("config.json", &std::fs::read(task.bundle.join("config.json")).unwrap_or_default())?;
-    evidence.write("console.log", &untrusted_log(&task.console))?;
-    evidence.write("vmm.log", &untrusted_log(&task.dir.join("vmm.log")))?;
-    let metrics = control.metrics().map(|m| serde_json::to_vec_pretty(&m)).context("brig-vmm's metrics")??;
-    evidence.write("metrics.json", &metrics)?;
-
-    let utc = custody::utc(paused_wall);
-    let predicate = Predicate {
-        sandbox: Sandbox {
-            id: task.id.clone(),
-            namespace: task.namespace.clone(),
-            vmm_pid: task.vmm_pid,
-            rootfs_image: task.rootfs.as_ref().map(|p| p.display().to_string()),
-            jailed: task.jailed,
-        },
-        reason: args.reason.clone(),
-        operator: args.operator.clone(),
-        uid: nix::unistd::getuid().as_raw(),
-        host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
-        paused_at_utc: utc,
-        paused_at_unix_ns: paused_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
-        paused_at_monotonic_ns: Duration::from(paused_mono).as_nanos(),
-        vcpus_paused_ms: paused_for.as_millis() as u64,
-        resumed,
-        versions: Versions {
-            brig: env!("CARGO_PKG_VERSION").into(),
-            brig_vmm: control.version.vmm_version.clone(),
-            vmm_control_api: control.version.api.to_string(),
-            host_kernel: nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            cpu_model: std::fs::read_to_string("/proc/cpuinfo")
-                .ok()
-                .and_then(|c| {
-                    c.lines().find_map(|l| {
-                        l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-                    })
-                })
-                .unwrap_or_default(),
-        },
-        vmm_reported_memory_sha256: vmm_sha,
+/// The booted kernel (where brig-vmm sees it: through its root, for a jailed one)
+/// and the debug vmlinux installed beside the configured one.
+fn guest_kernel(config: &Config, task: &TaskRecord) -> (GuestKernel, Option<u64>) {
+    let booted_path = match task.vmm_pid {
+        Some(pid) if task.jailed => PathBuf::from(format!("/proc/{pid}/root{}", brig_shim::jail::JAIL_KERNEL)),
+        _ => config.kernel.clone(),
     };
-    let statement = serde_json::json!({
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": evidence.subjects,
-        "predicateType": "urn:brig:snapshot:v1",
-        "predicate": predicate,
+    let debug_path = PathBuf::from(format!("{}.debug", config.kernel.display()));
+    let mut errors = Vec::new();
+    let booted = kernel::inspect(&booted_path).map_err(|e| errors.push(format!("{e:#}"))).ok();
+    let debug = kernel::inspect_debug(&debug_path).map_err(|e| errors.push(format!("{e:#}"))).ok();
+    let symbol = booted.as_ref().and_then(|b| b.vmcoreinfo_note_symbol);
+    let booted = booted.map(|b| b.vmlinux);
+    let debug_matches =
+        matches!((&booted, &debug), (Some(b), Some(d)) if b.build_id.is_some() && b.build_id == d.build_id);
+    let missing =
+        (symbol.is_none() && booted.is_some()).then(|| "the booted kernel has no vmcoreinfo_note symbol".to_owned());
+    let kernel = GuestKernel { booted, debug, debug_matches, vmcoreinfo_bytes: 0, vmcoreinfo_missing: missing, errors };
+    (kernel, symbol)
+}
+
+/// One capture, from the pause to the signed manifest.
+struct Capture<'a> {
+    args: &'a Args,
+    task: &'a TaskRecord,
+    key: &'a ed25519_dalek::SigningKey,
+    kernel: GuestKernel,
+    vmcoreinfo_note_symbol: Option<u64>,
+}
+
+impl Capture<'_> {
+    fn run(self, control: &mut Client, before: &VmState, evidence: Evidence) -> Result<()> {
+        let Capture { args, task, key, mut kernel, vmcoreinfo_note_symbol } = self;
+        let was_paused = before.state == RunState::Paused;
+        let started = Instant::now();
+        control.pause().context("pausing the vCPUs")?;
+        let paused_wall = SystemTime::now();
+        let paused_mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).context("CLOCK_MONOTONIC")?;
+        let captured = capture(control, evidence, before.memory_mib, vmcoreinfo_note_symbol);
+        // Resume whatever happened, unless asked not to: the workload must not stay frozen by a failed capture.
+        let resumed = !args.keep_paused && !was_paused;
+        if resumed {
+            control.resume().context("resuming the vCPUs")?;
+        }
+        let paused_for = started.elapsed();
+        let (mut evidence, dumped) = captured?;
+        kernel.vmcoreinfo_bytes = dumped.vmcoreinfo_bytes;
+        if dumped.vmcoreinfo_missing.is_some() {
+            kernel.vmcoreinfo_missing = dumped.vmcoreinfo_missing.clone();
+        }
+
+        evidence.write("config.json", &std::fs::read(task.bundle.join("config.json")).unwrap_or_default())?;
+        evidence.write("console.log", &untrusted_log(&task.console))?;
+        evidence.write("vmm.log", &untrusted_log(&task.dir.join("vmm.log")))?;
+        let metrics = control.metrics().map(|m| serde_json::to_vec_pretty(&m)).context("brig-vmm's metrics")??;
+        evidence.write("metrics.json", &metrics)?;
+        // Only once the VM runs again, and never for long: the capture does not wait
+        // on the guest, and what it says is kept apart, labelled as its claim.
+        let agent_view = if resumed {
+            match crate::agent_view::ask(&task.vsock, &custody::utc(SystemTime::now())) {
+                Ok(view) => {
+                    evidence.write("agent-view.json", &serde_json::to_vec_pretty(&view)?)?;
+                    "written (the guest's claim)".to_owned()
+                }
+                Err(why) => format!("not written: {why}"),
+            }
+        } else {
+            "not written: the VM was left paused".to_owned()
+        };
+
+        let image_annotations = task.annotations().into_iter().filter(|(k, _)| k.contains("image")).collect();
+        let predicate = Predicate {
+            sandbox: Sandbox {
+                id: task.id.clone(),
+                namespace: task.namespace.clone(),
+                vmm_pid: task.vmm_pid,
+                rootfs_image: task.rootfs.as_ref().map(|p| p.display().to_string()),
+                rootfs_image_sha256: task.rootfs.as_deref().and_then(|p| file_sha256(p).ok()),
+                image_annotations,
+                jailed: task.jailed,
+            },
+            reason: args.reason.clone(),
+            operator: args.operator.clone(),
+            uid: nix::unistd::getuid().as_raw(),
+            host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            paused_at_utc: custody::utc(paused_wall),
+            paused_at_unix_ns: paused_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            paused_at_monotonic_ns: Duration::from(paused_mono).as_nanos(),
+            vcpus_paused_ms: paused_for.as_millis() as u64,
+            resumed,
+            versions: versions(control),
+            vmm_reported_memory_sha256: dumped.sha256,
+            guest_kernel: kernel,
+            agent_view: agent_view.clone(),
+        };
+        let statement = serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": evidence.subjects,
+            "predicateType": "urn:brig:snapshot:v1",
+            "predicate": predicate,
+        });
+        let path = evidence.dir.join("manifest.json");
+        let mut manifest = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let envelope = signing::sign(key, &serde_json::to_vec(&statement)?);
+        manifest.write_all(&serde_json::to_vec_pretty(&envelope)?)?;
+        manifest.sync_all()?;
+        let event =
+            custody::Event { action: "captured", operator: args.operator.as_deref(), reason: &args.reason, copy: None };
+        custody::append(&evidence.dir, key, &event).context("starting custody.log")?;
+        evidence.complete()?;
+        println!(
+            "snapshot of {}/{} in {}: {} files, signed by key {}; vCPUs paused for {} ms{}; agent-view.json {agent_view}",
+            task.namespace,
+            task.id,
+            evidence.dir.display(),
+            evidence.subjects.len() + 2,
+            signing::key_id(&key.verifying_key()),
+            paused_for.as_millis(),
+            if resumed { ", resumed" } else { "; left paused" }
+        );
+        Ok(())
+    }
+}
+
+fn versions(control: &Client) -> Versions {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
     });
-    let path = evidence.dir.join("manifest.json");
-    let mut manifest = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-    let envelope = signing::sign(&key, &serde_json::to_vec(&statement)?);
-    manifest.write_all(&serde_json::to_vec_pretty(&envelope)?)?;
-    manifest.sync_all()?;
-    let event = custody::Event { action: "captured", operator: args.operator.as_deref(), reason: &args.reason };
-    custody::append(&evidence.dir, &key, &event).context("starting custody.log")?;
-    println!(
-        "snapshot of {}/{} in {}: {} files, signed by key {}; vCPUs paused for {} ms{}",
-        task.namespace,
-        task.id,
-        evidence.dir.display(),
-        evidence.subjects.len() + 2,
-        signing::key_id(&key.verifying_key()),
-        paused_for.as_millis(),
-        if resumed { ", resumed" } else { "; left paused" }
-    );
-    Ok(())
+    Versions {
+        brig: env!("CARGO_PKG_VERSION").into(),
+        brig_vmm: control.version.vmm_version.clone(),
+        vmm_control_api: control.version.api.to_string(),
+        host_kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        cpu_model: cpu_model.unwrap_or_default(),
+    }
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut sha = Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut sha)?;
+    Ok(hex(&sha.finalize()))
 }
 
 /// memory.elf and state.bin, through pipes; returns brig-vmm's digest of memory.elf
 /// once it matched what arrived.
-fn capture(control: &mut Client, evidence: Evidence, memory_mib: u64) -> Result<(Evidence, String)> {
+fn capture(
+    control: &mut Client,
+    evidence: Evidence,
+    memory_mib: u64,
+    vmcoreinfo_note_symbol: Option<u64>,
+) -> Result<(Evidence, brig_vmm_api::MemoryDumped)> {
     // Scaled to the guest: at 20 MB/s (a slow disk) plus a margin.
     let timeout = Duration::from_secs(30 + memory_mib / 20);
     let (pipe, copier) = piped(evidence, "memory.elf")?;
-    let dumped = control.dump_memory_to(&pipe, timeout);
+    let dumped = control.dump_memory_to(&pipe, vmcoreinfo_note_symbol, timeout);
     drop(pipe);
     let (evidence, subject) = copier.join().map_err(|_| anyhow::anyhow!("the memory.elf copier panicked"))?;
     let (dumped, subject) = (dumped.context("dump-memory-fd")?, subject?);
@@ -355,7 +478,7 @@ fn capture(control: &mut Client, evidence: Evidence, memory_mib: u64) -> Result<
     if saved.bytes != subject.size {
         bail!("state.bin: brig-vmm wrote {} bytes, {} arrived", saved.bytes, subject.size);
     }
-    Ok((evidence, dumped.sha256))
+    Ok((evidence, dumped))
 }
 
 #[cfg(test)]

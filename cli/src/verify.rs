@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::custody;
 use crate::signing::{self, hex, Envelope};
+use ed25519_dalek::VerifyingKey;
 
 /// Check a snapshot directory: its manifest's signature, every file's size and
 /// SHA-256, that no file is missing or added, and custody.log's chain and
@@ -39,7 +40,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Deserialize)]
-struct Statement {
+pub struct Statement {
     subject: Vec<Subject>,
     predicate: serde_json::Value,
 }
@@ -56,44 +57,81 @@ struct Digests {
     sha256: String,
 }
 
+impl Statement {
+    /// The names of the files it lists.
+    pub fn subject_names(&self) -> impl Iterator<Item = &str> {
+        self.subject.iter().map(|s| s.name.as_str())
+    }
+}
+
+/// The statement in a manifest's signed `payload`, its subjects checked to be plain
+/// file names (a signed manifest still never reaches outside its directory).
+pub fn statement(payload: &[u8]) -> Result<Statement> {
+    let statement: Statement = serde_json::from_slice(payload).context("manifest.json: the statement is not valid")?;
+    for subject in &statement.subject {
+        let plain = Path::new(&subject.name).components().count() == 1
+            && !subject.name.starts_with('.')
+            && !subject.name.contains('/');
+        if !plain || NOT_SUBJECTS.contains(&subject.name.as_str()) {
+            bail!("manifest.json names {:?}, which is not a plain file name it may list", subject.name);
+        }
+    }
+    Ok(statement)
+}
+
 /// Files in a snapshot directory that are not subjects of the manifest.
 const NOT_SUBJECTS: [&str; 2] = ["manifest.json", "custody.log"];
 
-pub fn run(args: &Args) -> Result<()> {
-    let key = signing::load_public(&args.key)?;
-    let text = std::fs::read(args.dir.join("manifest.json"))
-        .with_context(|| format!("{}: no manifest.json (an incomplete or foreign directory)", args.dir.display()))?;
-    let envelope: Envelope = serde_json::from_slice(&text).context("manifest.json is not a DSSE envelope")?;
-    let payload = signing::open(&envelope, &key)?;
-    let statement: Statement = serde_json::from_slice(&payload).context("manifest.json: the statement is not valid")?;
-    for subject in &statement.subject {
-        let plain = Path::new(&subject.name).components().count() == 1 && !subject.name.starts_with('.');
-        if !plain {
-            bail!("manifest.json names {:?}, which is not a plain file name", subject.name);
-        }
-        let path = args.dir.join(&subject.name);
-        let (size, sha256) = hash(&path).with_context(|| format!("missing file {}", subject.name))?;
-        if (size, sha256.as_str()) != (subject.size, subject.digest.sha256.as_str()) {
-            bail!(
-                "{}: expected {} bytes with SHA-256 {}, found {} bytes with {}",
-                subject.name,
-                subject.size,
-                subject.digest.sha256,
-                size,
-                sha256
-            );
-        }
+/// A snapshot directory whose manifest is signed by the key, that lists exactly the
+/// files there are, and whose custody log holds: everything but the files' contents.
+pub fn check_signed(dir: &Path, key: &VerifyingKey) -> Result<(Statement, Vec<custody::Entry>)> {
+    if let Ok(why) = std::fs::read_to_string(dir.join(crate::snapshot::INCOMPLETE)) {
+        bail!("{}: an incomplete capture ({}): nothing in it is signed", dir.display(), why.trim());
     }
-    for entry in std::fs::read_dir(&args.dir)? {
+    let text = std::fs::read(dir.join("manifest.json"))
+        .with_context(|| format!("{}: no manifest.json (an incomplete or foreign directory)", dir.display()))?;
+    let envelope: Envelope = serde_json::from_slice(&text).context("manifest.json is not a DSSE envelope")?;
+    let payload = signing::open(&envelope, key)?;
+    let statement = statement(&payload)?;
+    for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if !NOT_SUBJECTS.contains(&name.as_str()) && !statement.subject.iter().any(|s| s.name == name) {
             bail!("extra file {name} (not in the manifest)");
         }
     }
-    let entries = custody::verify(&args.dir, &key)?;
+    let entries = custody::verify(dir, key)?;
+    Ok((statement, entries))
+}
+
+impl Statement {
+    /// Whether `name`'s `size` and `sha256` are what the manifest says; the message
+    /// names the file, what was expected and what was found.
+    pub fn check(&self, name: &str, size: u64, sha256: &str) -> Result<()> {
+        let subject =
+            self.subject.iter().find(|s| s.name == name).with_context(|| format!("{name} is not in the manifest"))?;
+        if (size, sha256) != (subject.size, subject.digest.sha256.as_str()) {
+            bail!(
+                "{name}: expected {} bytes with SHA-256 {}, found {size} bytes with {sha256}",
+                subject.size,
+                subject.digest.sha256,
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let key = signing::load_public(&args.key)?;
+    let (statement, entries) = check_signed(&args.dir, &key)?;
+    for subject in &statement.subject {
+        let (size, sha256) =
+            hash(&args.dir.join(&subject.name)).with_context(|| format!("missing file {}", subject.name))?;
+        statement.check(&subject.name, size, &sha256)?;
+    }
     if args.record {
         let sign_key = signing::load_secret(&args.sign_key)?;
-        let event = custody::Event { action: "verified", operator: args.operator.as_deref(), reason: &args.reason };
+        let event =
+            custody::Event { action: "verified", operator: args.operator.as_deref(), reason: &args.reason, copy: None };
         custody::append(&args.dir, &sign_key, &event)?;
     }
     let p = &statement.predicate;

@@ -232,3 +232,35 @@ fn a_sigkill_the_agent_never_carries_out_ends_the_task_with_137() {
     containerd.assert_no_leftovers("a SIGKILL the agent ignored, under ctr run");
     assert!(!containerd.log().contains("panicked at"), "a shim panicked:\n{}", containerd.log());
 }
+
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn brig_snapshot_needs_no_agent_and_captures_one_that_stopped_answering() {
+    brig_tests::require_kvm_host();
+    let containerd = containerd("mute");
+    let pid = containerd.run_idle("mute");
+    let dir = std::env::temp_dir().join(format!("brig-snapshot-mute-{pid}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let brig = brig_tests::artifact("BRIG_CLI_BIN");
+    let mut snapshot = Command::new(&brig);
+    snapshot.args(["snapshot", "mute", "-o"]).arg(&dir).args(["--reason", "the agent stopped answering"]);
+    let (out, took) = within(Duration::from_secs(120), "brig snapshot of a guest whose agent is mute", snapshot);
+    eprintln!("mute: brig snapshot took {took:?}");
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("agent-view.json not written: the agent did not answer within 1000 ms"), "{said}");
+    assert!(!dir.join("agent-view.json").exists(), "nothing is written for an agent that does not answer");
+    let verify = Command::new(&brig).arg("verify").arg(&dir).output().expect("brig verify");
+    assert!(verify.status.success(), "{}", describe(&verify));
+    // The guest's own console says its agent went quiet before the capture.
+    let console = std::fs::read_to_string(dir.join("console.log")).expect("console.log");
+    assert!(console.contains("from now on nothing is"), "{console}");
+
+    // brig-vmm SIGKILLed: the task ends without the agent, and nothing is left.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    containerd.wait_for_status("mute", "STOPPED");
+    containerd.assert_ok(&containerd.ctr(&["task", "delete", "mute"]));
+    containerd.assert_ok(&containerd.ctr(&["container", "delete", "mute"]));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    containerd.assert_no_leftovers("a snapshot of a mute guest");
+}

@@ -225,7 +225,7 @@ fn every_brig_vmm_thread_is_jailed_through_its_life() {
         })
     };
     let started = std::time::Instant::now();
-    let dumped = control.dump_memory_to(&pipe_in, Duration::from_secs(120)).expect("dump-memory-fd");
+    let dumped = control.dump_memory_to(&pipe_in, None, Duration::from_secs(120)).expect("dump-memory-fd");
     drop(pipe_in);
     let (copied, digest) = copier.join().expect("copier").expect("copy the pipe into memory.elf");
     eprintln!("dump-memory-fd: {} bytes in {:?}", dumped.bytes, started.elapsed());

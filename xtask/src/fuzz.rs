@@ -15,7 +15,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 /// Every target, in the order they run.
-pub const TARGETS: &[&str] = &["virtio_mmio", "vsock_packets", "control_socket", "state_file", "agent_reply"];
+pub const TARGETS: &[&str] =
+    &["virtio_mmio", "vsock_packets", "control_socket", "state_file", "agent_reply", "evidence"];
 /// Seconds per target in `cargo xtask test` (BRIG_FUZZ_SECONDS overrides it).
 pub const DEFAULT_SECONDS: u64 = 60;
 
