@@ -7,6 +7,9 @@
 //!   initramfs, inside the test host: time to agent-ready and VMM RSS.
 //! - `ctr`: `ctr run --rm … true` through Debian's containerd with brig and with
 //!   runc, inside the test host; the memory one running brig task costs.
+//! - `snapshot`: `brig snapshot` of a 256 MiB and a 1 GiB guest (memory touched
+//!   first) next to `dd` of as many bytes into the same directory: seconds, MB/s,
+//!   how long the vCPUs were paused.
 //! - `stress`: five guests booting at once, in rounds, in `BRIG_STRESS_RUNS` (3)
 //!   fresh test hosts, brig-vmm's rounds alternating with QEMU microvm's (the same
 //!   kernel and initramfs): boots, guest failures by kind for each, and the test
@@ -22,7 +25,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{apt, artifacts, cargo, testhost};
 
-const ALL: &[&str] = &["ring0", "boot", "ctr", "stress"];
+const ALL: &[&str] = &["ring0", "boot", "ctr", "snapshot", "stress"];
 
 fn bench_binary(name: &str) -> Result<PathBuf> {
     let found = cargo::build_executables(&["bench", "--no-run", "-p", "brig-tests", "--bench", name], |kind, _| {
@@ -54,9 +57,12 @@ pub fn run(names: &[String]) -> Result<()> {
                     bail!("ring0 benchmark failed in kvm-host ({code})");
                 }
             }
-            "boot" | "ctr" => {
-                let (packages, bench): (&[&str], _) =
-                    if name == "boot" { (&["qemu-system-x86"], "boot") } else { (apt::CONTAINERD, "ctr_run") };
+            "boot" | "ctr" | "snapshot" => {
+                let (packages, bench): (&[&str], _) = match name {
+                    "boot" => (&["qemu-system-x86"], "boot"),
+                    "ctr" => (apt::CONTAINERD, "ctr_run"),
+                    _ => (apt::CONTAINERD, "snapshot"),
+                };
                 apt::ensure(packages)?;
                 let env = artifacts::build()?.env()?;
                 let binary = bench_binary(bench)?;
