@@ -214,7 +214,9 @@ fn untrusted_log(path: &Path) -> Vec<u8> {
     match brig_shim::files::read_tail_bytes(path, MAX_LOG) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => format!("({} is not a regular file: not read)\n", path.display()).into_bytes(),
-        Err(_) => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        // ELOOP: a symlink, which is never followed.
+        Err(e) => format!("({}: not read: {e})\n", path.display()).into_bytes(),
     }
 }
 
@@ -273,6 +275,10 @@ struct Sandbox {
 struct Versions {
     brig: String,
     brig_vmm: String,
+    /// The shim that started the sandbox, as it wrote in the task directory.
+    shim: Option<String>,
+    /// The initramfs the guest booted (its agent): path, size and SHA-256.
+    initramfs: Option<FileDigest>,
     vmm_control_api: String,
     host_kernel: String,
     cpu_model: String,
@@ -295,7 +301,7 @@ pub fn run(args: &Args) -> Result<()> {
     let (kernel, vmcoreinfo_note_symbol) = guest_kernel(&config, &task);
     let evidence = Evidence::create(&args.output)?;
     let dir = evidence.dir.clone();
-    let capture = Capture { args, task: &task, key: &key, kernel, vmcoreinfo_note_symbol };
+    let capture = Capture { args, config: &config, task: &task, key: &key, kernel, vmcoreinfo_note_symbol };
     let captured = capture.run(&mut control, &before, evidence);
     if let Err(e) = &captured {
         Evidence::mark_failed(&dir, e);
@@ -327,6 +333,7 @@ fn guest_kernel(config: &Config, task: &TaskRecord) -> (GuestKernel, Option<u64>
 /// One capture, from the pause to the signed manifest.
 struct Capture<'a> {
     args: &'a Args,
+    config: &'a Config,
     task: &'a TaskRecord,
     key: &'a ed25519_dalek::SigningKey,
     kernel: GuestKernel,
@@ -335,7 +342,7 @@ struct Capture<'a> {
 
 impl Capture<'_> {
     fn run(self, control: &mut Client, before: &VmState, evidence: Evidence) -> Result<()> {
-        let Capture { args, task, key, mut kernel, vmcoreinfo_note_symbol } = self;
+        let Capture { args, config, task, key, mut kernel, vmcoreinfo_note_symbol } = self;
         let was_paused = before.state == RunState::Paused;
         let started = Instant::now();
         control.pause().context("pausing the vCPUs")?;
@@ -380,7 +387,7 @@ impl Capture<'_> {
                 namespace: task.namespace.clone(),
                 vmm_pid: task.vmm_pid,
                 rootfs_image: task.rootfs.as_ref().map(|p| p.display().to_string()),
-                rootfs_image_sha256: task.rootfs.as_deref().and_then(|p| file_sha256(p).ok()),
+                rootfs_image_sha256: task.rootfs.as_deref().and_then(|p| file_sha256(p).ok()).map(|(_, d)| d),
                 image_annotations,
                 jailed: task.jailed,
             },
@@ -393,7 +400,7 @@ impl Capture<'_> {
             paused_at_monotonic_ns: Duration::from(paused_mono).as_nanos(),
             vcpus_paused_ms: paused_for.as_millis() as u64,
             resumed,
-            versions: versions(control),
+            versions: versions(control, config, task),
             vmm_reported_memory_sha256: dumped.sha256,
             guest_kernel: kernel,
             agent_view: agent_view.clone(),
@@ -427,23 +434,38 @@ impl Capture<'_> {
     }
 }
 
-fn versions(control: &Client) -> Versions {
+#[derive(Debug, Serialize)]
+struct FileDigest {
+    path: PathBuf,
+    size: u64,
+    sha256: String,
+}
+
+fn versions(control: &Client, config: &Config, task: &TaskRecord) -> Versions {
+    // Where brig-vmm sees it (its jail), as for the kernel.
+    let initramfs = match task.vmm_pid {
+        Some(pid) if task.jailed => PathBuf::from(format!("/proc/{pid}/root{}", brig_shim::jail::JAIL_INITRAMFS)),
+        _ => config.initramfs.clone(),
+    };
+    let initramfs = file_sha256(&initramfs).ok().map(|(size, sha256)| FileDigest { path: initramfs, size, sha256 });
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
         c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
     });
     Versions {
         brig: env!("CARGO_PKG_VERSION").into(),
         brig_vmm: control.version.vmm_version.clone(),
+        shim: task.shim_version.clone(),
+        initramfs,
         vmm_control_api: control.version.api.to_string(),
         host_kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         cpu_model: cpu_model.unwrap_or_default(),
     }
 }
 
-fn file_sha256(path: &Path) -> std::io::Result<String> {
+fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
     let mut sha = Sha256::new();
-    std::io::copy(&mut File::open(path)?, &mut sha)?;
-    Ok(hex(&sha.finalize()))
+    let size = std::io::copy(&mut File::open(path)?, &mut sha)?;
+    Ok((size, hex(&sha.finalize())))
 }
 
 /// memory.elf and state.bin, through pipes; returns brig-vmm's digest of memory.elf
@@ -460,7 +482,9 @@ fn capture(
     let dumped = control.dump_memory_to(&pipe, vmcoreinfo_note_symbol, timeout);
     drop(pipe);
     let (evidence, subject) = copier.join().map_err(|_| anyhow::anyhow!("the memory.elf copier panicked"))?;
-    let (dumped, subject) = (dumped.context("dump-memory-fd")?, subject?);
+    // The copier's failure (a full disk) first: brig-vmm's is then only the broken pipe.
+    let subject = subject?;
+    let dumped = dumped.context("dump-memory-fd")?;
     if dumped.sha256 != subject.digest.sha256 || dumped.bytes != subject.size {
         bail!(
             "memory.elf: brig-vmm reports {} bytes with SHA-256 {}, but {} bytes with {} arrived",

@@ -38,7 +38,7 @@ use kvm_bindings::{
 };
 use libc::{
     AF_UNIX, FIONBIO, FUTEX_CLOCK_REALTIME, FUTEX_PRIVATE_FLAG, FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_WAKE,
-    F_DUPFD_CLOEXEC, F_GETFD, MADV_DONTNEED, PROT_EXEC, SIGABRT, SOL_SOCKET, SO_SNDTIMEO,
+    F_DUPFD_CLOEXEC, F_GETFD, MADV_DONTNEED, PROT_EXEC, SEEK_DATA, SEEK_HOLE, SIGABRT, SOL_SOCKET, SO_SNDTIMEO,
 };
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -320,6 +320,11 @@ fn main_thread() -> Vec<Allowed> {
             "save-state creates its file; `metrics` reads /proc/self/status (and, once, /proc/sys/kernel/osrelease)",
         ),
         any(libc::SYS_getrandom, "virtio-rng fills the guest's buffers from the host kernel's CSPRNG"),
+        with(
+            libc::SYS_lseek,
+            one_of(Arg { index: 2, name: "whence" }, vec![named!(SEEK_DATA), named!(SEEK_HOLE)]),
+            "dump-memory-fd finds the holes of the guest-memory memfd (pages never touched) and writes zeros for them without reading, so a dump allocates nothing",
+        ),
         any(libc::SYS_pread64, "virtio-blk reads"),
         any(libc::SYS_pwrite64, "virtio-blk writes"),
         any(libc::SYS_read, "eventfds (queue notifications, VM events), the signalfd, /proc files"),

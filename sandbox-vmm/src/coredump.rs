@@ -10,7 +10,9 @@
 //! segment bases, GDT/IDT: what crash needs to walk page tables and backtrace a
 //! running CPU); the guest kernel's own `VMCOREINFO` note when the client named
 //! where the kernel keeps it (its `vmcoreinfo_note` symbol) and a valid note is
-//! there; zero padding to a page; then each region's bytes.
+//! there; zero padding to a page; then each region's bytes. Pages the guest never
+//! touched are holes in the memfd: found with `SEEK_DATA`/`SEEK_HOLE` and written as
+//! zeros without reading them, so a dump allocates no guest memory.
 //!
 //! The header types are linux-loader's ELF64 definitions (already brig-vmm's,
 //! for loading the kernel). Guest memory is read only through vm-memory's volatile
@@ -18,11 +20,14 @@
 //! the whole file as written, and no byte is read twice.
 
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use linux_loader::elf::{Elf64_Ehdr, Elf64_Nhdr, Elf64_Phdr};
 use sha2::{Digest, Sha256};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileSlice,
+};
 
 use crate::vcpu::VcpuState;
 
@@ -93,20 +98,48 @@ pub fn write(
     vmcoreinfo: Option<&[u8]>,
 ) -> Result<Dumped, DumpError> {
     let head = header_block(regions, vcpus, vmcoreinfo);
-    let mut sink = HashingSink { out, sha: Sha256::new(), bytes: 0, buf: vec![0; CHUNK] };
+    let mut sink = HashingSink { out, sha: Sha256::new(), bytes: 0, buf: vec![0; CHUNK], zeros: vec![0; CHUNK] };
     sink.emit(&head).map_err(DumpError::Write)?;
     for &(gpa, len) in regions {
+        let backing = memory.find_region(GuestAddress(gpa)).and_then(|region| {
+            let file = region.file_offset()?;
+            Some((file.file().as_fd(), file.start() + (gpa - region.start_addr().0)))
+        });
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(CHUNK as u64) as usize;
-            let at = GuestAddress(gpa + done);
-            let slice = memory.get_slice(at, n).map_err(|source| DumpError::Read { gpa: at.0, source })?;
-            sink.copy_from(&slice).map_err(DumpError::Write)?;
-            done += n as u64;
+            // The next stretch the memfd holds pages for; before it, a hole reads as zeros.
+            let (data, data_end) = match backing {
+                Some((fd, base)) => {
+                    next_data(fd, base + done, base + len).map_or((done, len), |(d, h)| (d - base, h - base))
+                }
+                None => (done, len),
+            };
+            sink.zeros(data - done).map_err(DumpError::Write)?;
+            done = data;
+            while done < data_end {
+                let n = (data_end - done).min(CHUNK as u64) as usize;
+                let at = GuestAddress(gpa + done);
+                let slice = memory.get_slice(at, n).map_err(|source| DumpError::Read { gpa: at.0, source })?;
+                sink.copy_from(&slice).map_err(DumpError::Write)?;
+                done += n as u64;
+            }
         }
     }
     sink.out.flush().map_err(DumpError::Write)?;
     Ok(Dumped { bytes: sink.bytes, sha256: sink.sha.finalize().into() })
+}
+
+/// `[data, hole)` of the memfd from `from` on, clamped to `end`: `(end, end)` when
+/// only holes are left. `None` when the file cannot say (then everything is read).
+fn next_data(fd: BorrowedFd<'_>, from: u64, end: u64) -> Option<(u64, u64)> {
+    let offset = i64::try_from(from).ok()?;
+    let data = match nix::unistd::lseek(fd, offset, nix::unistd::Whence::SeekData) {
+        Ok(data) => (data as u64).min(end),
+        Err(nix::errno::Errno::ENXIO) => return Some((end, end)),
+        Err(_) => return None,
+    };
+    let hole = nix::unistd::lseek(fd, data as i64, nix::unistd::Whence::SeekHole).ok()?;
+    Some((data, (hole as u64).min(end)))
 }
 
 struct HashingSink<'a, W: Write> {
@@ -114,6 +147,7 @@ struct HashingSink<'a, W: Write> {
     sha: Sha256,
     bytes: u64,
     buf: Vec<u8>,
+    zeros: Vec<u8>,
 }
 
 impl<W: Write> HashingSink<'_, W> {
@@ -122,6 +156,19 @@ impl<W: Write> HashingSink<'_, W> {
         self.out.write_all(bytes)?;
         self.bytes += bytes.len() as u64;
         Ok(())
+    }
+
+    /// `len` zero bytes: a hole in guest memory, written without touching it.
+    fn zeros(&mut self, mut len: u64) -> std::io::Result<()> {
+        let zeros = std::mem::take(&mut self.zeros);
+        let mut result = Ok(());
+        while len > 0 && result.is_ok() {
+            let n = len.min(zeros.len() as u64) as usize;
+            result = self.emit(&zeros[..n]);
+            len -= n as u64;
+        }
+        self.zeros = zeros;
+        result
     }
 
     /// Guest bytes through the bounce buffer (a volatile copy, never a slice of guest memory).
@@ -511,5 +558,26 @@ mod tests {
         let memory = kernel_with_note(11, 4096, b"OSRELEASE=x");
         memory.write_slice(&(PAGE_OFFSET_L4 + 3 * PAGE + 2048).to_le_bytes(), GuestAddress(PAGE)).expect("pointer");
         assert!(find_vmcoreinfo(&memory, PAGE, &vcpus).is_err());
+    }
+
+    #[test]
+    fn holes_in_the_memfd_are_written_as_zeros_without_being_allocated() {
+        use std::os::unix::fs::MetadataExt;
+        let bytes = 64 * PAGE;
+        let ram = crate::memory::create(bytes).expect("memfd guest RAM");
+        let plain = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)]).expect("anonymous memory");
+        for (gpa, text) in [(3 * PAGE + 5, &b"first"[..]), (40 * PAGE, b"second"), (bytes - 4, b"last")] {
+            ram.memory.write_slice(text, GuestAddress(gpa)).expect("write");
+            plain.write_slice(text, GuestAddress(gpa)).expect("write");
+        }
+        let allocated = ram.file.metadata().expect("stat").blocks();
+        let regions = [(0u64, bytes)];
+        let vcpus = [vcpu(0)];
+        let (mut sparse, mut full) = (Vec::new(), Vec::new());
+        let skipped = write(&mut sparse, &ram.memory, &regions, &vcpus, None).expect("dump the memfd");
+        let read = write(&mut full, &plain, &regions, &vcpus, None).expect("dump anonymous memory");
+        assert_eq!(sparse, full, "the same file, holes as zeros");
+        assert_eq!(skipped, read);
+        assert_eq!(ram.file.metadata().expect("stat").blocks(), allocated, "no page was allocated by the dump");
     }
 }

@@ -19,7 +19,8 @@ const JAIL_ROOT: &str = "jail";
 /// Paths brig-vmm sees inside the jail.
 /// Where the kernel sits in every jail (brig snapshot reads it through `/proc/PID/root`).
 pub const JAIL_KERNEL: &str = "/vmlinux";
-const JAIL_INITRAMFS: &str = "/initramfs.cpio";
+/// Where the initramfs sits in every jail.
+pub const JAIL_INITRAMFS: &str = "/initramfs.cpio";
 const JAIL_VM_JSON: &str = "/vm.json";
 const JAIL_ROOTFS: &str = "/images/rootfs.img";
 /// brig-vmm's threads besides its vCPUs (main, and room for the runtime's), plus the jailer.

@@ -35,6 +35,8 @@ pub struct TaskRecord {
     /// The guest console log, host side (in the jail's `state/`: the sandbox uid's).
     pub console: PathBuf,
     pub jailed: bool,
+    /// The version of the shim that started it (its task file's third line).
+    pub shim_version: Option<String>,
 }
 
 impl TaskRecord {
@@ -44,6 +46,7 @@ impl TaskRecord {
         let mut lines = task.lines();
         let (namespace, id) = lines.next()?.split_once('/')?;
         let bundle = PathBuf::from(lines.next().unwrap_or_default());
+        let shim_version = lines.next().and_then(|l| l.strip_prefix("shim ")).map(str::to_owned);
         let vm: Option<VmConfig> =
             std::fs::read(dir.join("vm.json")).ok().and_then(|body| serde_json::from_slice(&body).ok());
         let jail = JailSpec::from_file(&dir.join("jail.json")).ok();
@@ -68,6 +71,7 @@ impl TaskRecord {
             vsock: state.join("vsock.sock"),
             console: state.join("console.log"),
             jailed,
+            shim_version,
         })
     }
 
@@ -110,7 +114,7 @@ mod tests {
         let config = Config { state_dir: root.clone(), jail: false, ..Config::default() };
         let dir = root.join("0a1b");
         files::private_dir(&dir).expect("dir");
-        files::write_private(&dir.join("task"), "default/web\n/run/containerd/bundle/web\n").expect("task");
+        files::write_private(&dir.join("task"), "default/web\n/run/containerd/bundle/web\nshim 0.1.0\n").expect("task");
         let layout = Layout::new(&config, &dir, Path::new("/var/lib/brig/images/k.ext4"));
         let vm = vm_config(&config, &layout.vm, Size { vcpus: 2, memory_mib: 256, cpu_max: None });
         files::write_private(&dir.join("vm.json"), serde_json::to_vec(&vm).expect("json")).expect("vm.json");
@@ -124,6 +128,8 @@ mod tests {
         assert_eq!(task.rootfs.as_deref(), Some(Path::new("/var/lib/brig/images/k.ext4")));
         assert_eq!(task.api, layout.api, "the shim's host-side socket");
         assert_eq!(task.console, layout.console);
+        assert_eq!(task.vsock, layout.vsock);
+        assert_eq!(task.shim_version.as_deref(), Some("0.1.0"));
         assert!(!task.jailed);
         std::fs::remove_dir_all(&root).expect("cleanup");
     }

@@ -238,12 +238,15 @@ fn a_sigkill_the_agent_never_carries_out_ends_the_task_with_137() {
 fn brig_snapshot_needs_no_agent_and_captures_one_that_stopped_answering() {
     brig_tests::require_kvm_host();
     let containerd = containerd("mute");
-    let pid = containerd.run_idle("mute");
+    // The id is the marker: the mute agent keeps it in its memory from CreateContainer.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let id = format!("mute-{nanos}");
+    let pid = containerd.run_idle(&id);
     let dir = std::env::temp_dir().join(format!("brig-snapshot-mute-{pid}"));
     let _ = std::fs::remove_dir_all(&dir);
     let brig = brig_tests::artifact("BRIG_CLI_BIN");
     let mut snapshot = Command::new(&brig);
-    snapshot.args(["snapshot", "mute", "-o"]).arg(&dir).args(["--reason", "the agent stopped answering"]);
+    snapshot.args(["snapshot", &id, "-o"]).arg(&dir).args(["--reason", "the agent stopped answering"]);
     let (out, took) = within(Duration::from_secs(120), "brig snapshot of a guest whose agent is mute", snapshot);
     eprintln!("mute: brig snapshot took {took:?}");
     assert!(out.status.success(), "{}", describe(&out));
@@ -255,12 +258,14 @@ fn brig_snapshot_needs_no_agent_and_captures_one_that_stopped_answering() {
     // The guest's own console says its agent went quiet before the capture.
     let console = std::fs::read_to_string(dir.join("console.log")).expect("console.log");
     assert!(console.contains("from now on nothing is"), "{console}");
+    let found = Command::new("grep").args(["-c", "-a", "-F", &id]).arg(dir.join("memory.elf")).output().expect("grep");
+    assert!(found.status.success(), "the guest's copy of {id} is in memory.elf: {}", describe(&found));
 
     // brig-vmm SIGKILLed: the task ends without the agent, and nothing is left.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
-    containerd.wait_for_status("mute", "STOPPED");
-    containerd.assert_ok(&containerd.ctr(&["task", "delete", "mute"]));
-    containerd.assert_ok(&containerd.ctr(&["container", "delete", "mute"]));
+    containerd.wait_for_status(&id, "STOPPED");
+    containerd.assert_ok(&containerd.ctr(&["task", "delete", &id]));
+    containerd.assert_ok(&containerd.ctr(&["container", "delete", &id]));
     std::fs::remove_dir_all(&dir).expect("cleanup");
     containerd.assert_no_leftovers("a snapshot of a mute guest");
 }

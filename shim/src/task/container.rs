@@ -111,7 +111,8 @@ impl Container {
         undo: &mut Undo,
     ) -> Result<Arc<Container>, ShimError> {
         let (host, dir) = (undo.host.clone(), undo.dir.clone());
-        files::write_private(&dir.join("task"), format!("{namespace}/{}\n{}\n", req.id, req.bundle))?;
+        let shim = env!("CARGO_PKG_VERSION");
+        files::write_private(&dir.join("task"), format!("{namespace}/{}\n{}\nshim {shim}\n", req.id, req.bundle))?;
         let rootfs = host.prepare_rootfs(config, &bundle, &req.rootfs, &dir).await?;
         undo.rootfs = Some(rootfs.clone());
         let vm = host.start_vm(config, &dir, size, &rootfs).await?;
