@@ -26,12 +26,16 @@ FILES
                             snapshot.key (secret, 0600) and snapshot.pub
     <state_dir>/<sandbox>/  one directory per task: task, vm.json, vmm.pid, and
                             brig-vmm's sockets (in jail/state/ when jailed)
+    <prefix>/share/brig/vmlinux.debug
+                            the guest kernel with its DWARF: open a snapshot's
+                            memory.elf with `crash vmlinux.debug memory.elf`
 
 EXIT STATUS
     0 on success; 1 when the command failed (the message says why and what to do).
 
 SEE ALSO
-    docs/shim.md, docs/jail.md, docs/control-socket.md in brig's repository";
+    docs/shim.md, docs/jail.md, docs/control-socket.md, docs/snapshot-format.md
+    in brig's repository";
 
 #[derive(Debug, Parser)]
 #[command(name = "brig", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = AFTER_HELP)]

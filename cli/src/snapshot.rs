@@ -44,6 +44,13 @@ pub const INCOMPLETE: &str = "INCOMPLETE";
 /// 0600. manifest.json is an in-toto Statement in a DSSE envelope signed with this
 /// host's key (`brig keygen`); custody.log records the capture (who, when, why),
 /// signed and hash-chained. `brig verify DIR` checks both.
+///
+/// memory.elf carries the guest kernel's own VMCOREINFO note (found through the
+/// booted vmlinux's symbols), and the manifest names the booted and the debug
+/// vmlinux (digests, build-id): `crash <prefix>/share/brig/vmlinux.debug memory.elf`
+/// opens it. After the VM runs again the guest agent is asked, for at most a second,
+/// what processes and mounts it sees: agent-view.json, labelled as its claim. A
+/// capture that fails leaves DIR/INCOMPLETE, signs nothing, and resumes the VM.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The container (task) id, as `ctr task ls` or `brig ps` shows it.
