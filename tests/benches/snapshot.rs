@@ -3,7 +3,10 @@
 //! reading), next to `dd` writing as many bytes into the same directory in the
 //! same run (`conv=fsync`, as brig syncs every file). Prints the snapshot's wall
 //! time and MB/s, how long the vCPUs were paused, and dd's MB/s; asserts nothing
-//! about the numbers. Run by `cargo xtask bench snapshot`.
+//! about the numbers. The last column is `sha256sum` of as many bytes, alone: brig
+//! hashes everything twice on the way (brig-vmm, and `brig` as it arrives), so on
+//! a machine where hashing is slower than the disk that is its bound. Run by
+//! `cargo xtask bench snapshot`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +22,7 @@ struct Sample {
     paused: Duration,
     bytes: u64,
     dd: Duration,
+    sha256sum: Duration,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -50,6 +54,18 @@ fn dd(path: &Path, mib: u64) -> Duration {
     took
 }
 
+/// `sha256sum` of as many zero bytes: what hashing alone costs on this machine.
+fn sha256sum(mib: u64) -> Duration {
+    let started = Instant::now();
+    let out = Command::new("sh")
+        .args(["-c", &format!("dd if=/dev/zero bs=1M count={mib} status=none | sha256sum")])
+        .output()
+        .expect("sha256sum runs");
+    let took = started.elapsed();
+    assert!(out.status.success(), "sha256sum: {}", describe(&out));
+    took
+}
+
 fn snapshot(containerd: &Containerd, id: &str, base: &Path, run: usize) -> Sample {
     let dir = base.join(format!("{id}-{run}"));
     let started = Instant::now();
@@ -67,7 +83,7 @@ fn snapshot(containerd: &Containerd, id: &str, base: &Path, run: usize) -> Sampl
     std::fs::remove_dir_all(&dir).expect("remove the snapshot");
     // dd writes as many bytes to the same directory's filesystem, right after.
     let dd = dd(&base.join(format!("dd-{id}-{run}")), bytes.div_ceil(1 << 20));
-    Sample { wall, paused, bytes, dd }
+    Sample { wall, paused, bytes, dd, sha256sum: sha256sum(bytes.div_ceil(1 << 20)) }
 }
 
 fn main() {
@@ -83,8 +99,8 @@ fn main() {
         String::from_utf8_lossy(&fs.stdout).trim()
     );
     println!(
-        "  {:<10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>8}",
-        "guest", "bytes", "snapshot", "snapshot", "paused", "dd", "brig/dd"
+        "  {:<10} {:>10} {:>12} {:>12} {:>10} {:>10} {:>8} {:>12}",
+        "guest", "bytes", "snapshot", "snapshot", "paused", "dd", "brig/dd", "sha256sum"
     );
     for mib in SIZES_MIB {
         let containerd = Containerd::start_with_brig_config(&format!("default_memory_mib = {mib}\n"));
@@ -111,16 +127,18 @@ fn main() {
         let wall = median(samples.iter().map(|s| s.wall).collect());
         let paused = median(samples.iter().map(|s| s.paused).collect());
         let dd = median(samples.iter().map(|s| s.dd).collect());
+        let hashing = median(samples.iter().map(|s| s.sha256sum).collect());
         let (brig_rate, dd_rate) = (mb_per_s(bytes, wall), mb_per_s(bytes, dd));
         println!(
-            "  {:<10} {:>10} {:>10.2} s {:>7.0} MB/s {:>7} ms {:>5.0} MB/s {:>7.0}%",
+            "  {:<10} {:>10} {:>10.2} s {:>7.0} MB/s {:>7} ms {:>5.0} MB/s {:>7.0}% {:>7.0} MB/s",
             format!("{mib} MiB"),
             bytes,
             wall.as_secs_f64(),
             brig_rate,
             paused.as_millis(),
             dd_rate,
-            100.0 * brig_rate / dd_rate
+            100.0 * brig_rate / dd_rate,
+            mb_per_s(bytes, hashing)
         );
         containerd.assert_ok(&containerd.kill_and_delete(&id));
     }
