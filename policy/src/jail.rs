@@ -30,6 +30,9 @@ pub use self::landlock::LandlockMode;
 
 /// brig-vmm's only writable directory inside its jail (sockets, console, saved state).
 pub const JAIL_STATE: &str = "/state";
+/// The tmpfs inside the jail that holds guest RAM (an unnamed file brig-vmm makes),
+/// mounted `huge=within_size` so that the guest gets 2 MiB pages (ADR 014).
+pub const JAIL_MEMORY: &str = "/memory";
 /// The name of the state directory inside the jail root, seen from the host.
 pub const STATE_DIR_NAME: &str = "state";
 /// brig-jailer's exit code when it could not build the jail (the message says
@@ -74,6 +77,11 @@ pub struct JailSpec {
     pub netns: Option<PathBuf>,
     pub rlimits: Rlimits,
     pub landlock: LandlockMode,
+    /// Bytes of guest RAM: a tmpfs this large (rounded up to 2 MiB) is mounted at
+    /// [`JAIL_MEMORY`] for it, `huge=within_size` where the kernel has huge pages.
+    /// `None`: no such mount (brig-vmm uses a memfd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_tmpfs: Option<u64>,
     /// Descriptors above 2 that brig-vmm gets (none today; the tap once networking lands).
     #[serde(default)]
     pub keep_fds: Vec<i32>,
@@ -188,16 +196,17 @@ impl JailSpec {
         if self.exec.file_name().is_none() {
             return invalid(format!("exec {} has no file name", self.exec.display()));
         }
-        let mut seen = vec![self.jail_exec(), Path::new(JAIL_STATE).to_path_buf()];
+        let mut seen = vec![self.jail_exec(), Path::new(JAIL_STATE).to_path_buf(), Path::new(JAIL_MEMORY).into()];
         for file in &self.files {
             if !file.host.is_file() {
                 return invalid(format!("{} is not a file", file.host.display()));
             }
             let inside = &file.jail;
             let plain = inside.components().skip(1).all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !inside.is_absolute() || !plain || inside.starts_with(JAIL_STATE) || inside.starts_with("/dev") {
+            let reserved = [JAIL_STATE, JAIL_MEMORY, "/dev"].iter().any(|r| inside.starts_with(r));
+            if !inside.is_absolute() || !plain || reserved {
                 return invalid(format!(
-                    "jail path {} must be absolute, without `..`, outside /state and /dev",
+                    "jail path {} must be absolute, without `..`, outside /state, /memory and /dev",
                     inside.display()
                 ));
             }

@@ -323,7 +323,7 @@ fn main_thread() -> Vec<Allowed> {
         with(
             libc::SYS_lseek,
             one_of(Arg { index: 2, name: "whence" }, vec![named!(SEEK_DATA), named!(SEEK_HOLE)]),
-            "dump-memory-fd finds the holes of the guest-memory memfd (pages never touched) and writes zeros for them without reading, so a dump allocates nothing",
+            "dump-memory-fd finds the holes of the guest-memory file (memfd or tmpfs: pages never touched) and writes zeros for them without reading, so a dump allocates nothing",
         ),
         any(libc::SYS_pread64, "virtio-blk reads"),
         any(libc::SYS_pwrite64, "virtio-blk writes"),

@@ -42,6 +42,7 @@ fn spec(dir: &Path, script: &str) -> JailSpec {
         netns: None,
         rlimits: Rlimits { nofile: 128, fsize: 1 << 20, nproc: 64 },
         landlock: LandlockMode::BestEffort,
+        memory_tmpfs: None,
         keep_fds: vec![],
     }
 }

@@ -88,7 +88,13 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
 
 fn build_inner(config: VmConfig) -> Result<Vmm, BuildError> {
     let kvm = kvm::open()?;
-    let ram = memory::create(config.machine.memory_bytes())?;
+    let ram = memory::create(&config.machine)?;
+    match &ram.pages {
+        memory::Pages::Huge(source) => log::info!("guest memory in 2 MiB pages where the host has them: {source}"),
+        memory::Pages::Small(why) => {
+            log::warn!("guest memory in 4 KiB pages, so every guest page is its own fault: {why}")
+        }
+    }
     let vm = Vm::new(&kvm, ram.memory.clone())?;
     let (events_tx, events_rx) = events::channel_pair().map_err(BuildError::Fd)?;
     // Before any thread exists, so every thread inherits the blocked mask.

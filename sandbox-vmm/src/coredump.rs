@@ -564,7 +564,7 @@ mod tests {
     fn holes_in_the_memfd_are_written_as_zeros_without_being_allocated() {
         use std::os::unix::fs::MetadataExt;
         let bytes = 64 * PAGE;
-        let ram = crate::memory::create(bytes).expect("memfd guest RAM");
+        let ram = crate::memory::create_in(bytes, None, false).expect("memfd guest RAM");
         let plain = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)]).expect("anonymous memory");
         for (gpa, text) in [(3 * PAGE + 5, &b"first"[..]), (40 * PAGE, b"second"), (bytes - 4, b"last")] {
             ram.memory.write_slice(text, GuestAddress(gpa)).expect("write");

@@ -39,6 +39,14 @@ struct Cli {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB")]
     memory: Option<u64>,
+    /// Keep guest RAM in this tmpfs directory (an unnamed file), not in a memfd;
+    /// mounted `huge=within_size`, it gives 2 MiB pages whatever the host's
+    /// shmem_enabled.
+    #[arg(long, value_name = "DIR")]
+    memory_dir: Option<PathBuf>,
+    /// Guest RAM in 4 KiB pages only (default: 2 MiB huge pages where the host has them).
+    #[arg(long)]
+    no_huge_pages: bool,
     /// Where the guest's serial console is written.
     #[arg(long, value_name = "FILE")]
     console: Option<PathBuf>,
@@ -170,6 +178,8 @@ impl Cli {
         if let Some(mib) = self.memory {
             config.machine.memory_mib = mib;
         }
+        config.machine.memory_dir = self.memory_dir.or(config.machine.memory_dir);
+        config.machine.huge_pages &= !self.no_huge_pages;
         config.console = self.console.or(config.console);
         config.vsock = self.vsock.or(config.vsock);
         config.block.extend(self.block);
@@ -235,12 +245,15 @@ mod tests {
              --block path=/d.img,ro,serial=root --block path=/e.img --rng",
         )
         .expect("parse");
-        assert_eq!(config.machine, MachineConfig { vcpus: 2, memory_mib: 256 });
+        assert_eq!(config.machine, MachineConfig::new(2, 256));
         assert_eq!(config.vsock, Some(VsockConfig { guest_cid: 3, uds_path: "/tmp/v.sock".into() }));
         assert_eq!(config.block.len(), 2);
         assert!(config.block[0].read_only && !config.block[1].read_only);
         assert_eq!(config.block[0].serial.as_deref(), Some("root"));
         assert!(config.rng);
+        let small = parse("--kernel /k --memory-dir /memory --no-huge-pages").expect("parse");
+        assert_eq!(small.machine.memory_dir.as_deref(), Some(std::path::Path::new("/memory")));
+        assert!(!small.machine.huge_pages);
     }
 
     #[test]
@@ -264,6 +277,8 @@ mod tests {
             "--cmdline",
             "--vcpus",
             "--memory",
+            "--memory-dir",
+            "--no-huge-pages",
             "--console",
             "--vsock",
             "--block",

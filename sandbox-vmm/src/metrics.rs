@@ -60,7 +60,17 @@ pub fn memory_usage(guest_memory_mib: u64) -> MemoryUsage {
         // Guest RAM is a memfd, so the guest's touched pages show up as shared memory.
         rss_guest_kib: field(|s| s.rssshmem),
         guest_memory_kib: guest_memory_mib << 10,
+        guest_huge_kib: huge_mapped_kib(&std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default()),
     }
+}
+
+/// `ShmemPmdMapped` of `smaps_rollup`: shared memory (guest RAM) mapped in 2 MiB pages.
+fn huge_mapped_kib(smaps_rollup: &str) -> u64 {
+    smaps_rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("ShmemPmdMapped:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The `metrics` answer.
@@ -146,6 +156,13 @@ macro_rules! guest_warn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_pages_are_read_from_smaps_rollup() {
+        let rollup = "Rss:              131072 kB\nShmemPmdMapped:    65536 kB\nFilePmdMapped:         0 kB\n";
+        assert_eq!(huge_mapped_kib(rollup), 65536);
+        assert_eq!(huge_mapped_kib("Rss: 4 kB\n"), 0, "a kernel without the field");
+    }
 
     #[test]
     fn rate_limit_allows_a_burst_per_window_whatever_the_count() {

@@ -17,6 +17,7 @@
 //! jail_cgroup_parent = "brig"
 //! jail_landlock = "require"
 //! vmm_memory_overhead_mib = 32
+//! huge_pages = true
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -79,6 +80,10 @@ pub struct Config {
     /// `memory.max` is the sum): its own heap, stacks and page tables, and the
     /// page cache of its images.
     pub vmm_memory_overhead_mib: u64,
+    /// Guest RAM in 2 MiB huge pages (ADR 014): a jailed brig-vmm keeps it in a
+    /// `huge=within_size` tmpfs its jail mounts; unjailed, in a memfd advised for huge
+    /// pages. Faster boots and fewer faults, for more resident memory per idle guest.
+    pub huge_pages: bool,
 }
 
 impl Default for Config {
@@ -102,6 +107,7 @@ impl Default for Config {
             jail_cgroup_parent: "brig".into(),
             jail_landlock: LandlockMode::Require,
             vmm_memory_overhead_mib: 32,
+            huge_pages: true,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct VmPaths {
     pub api: PathBuf,
     pub console: PathBuf,
     pub vm_json: PathBuf,
+    /// The tmpfs guest RAM lives in (the jail's [`policy::JAIL_MEMORY`]); `None`: a memfd.
+    pub memory_dir: Option<PathBuf>,
 }
 
 impl Layout {
@@ -63,6 +65,7 @@ impl Layout {
                 api: dir.join("api.sock"),
                 console: dir.join("console.log"),
                 vm_json: dir.join("vm.json"),
+                memory_dir: None,
             };
             return Layout { vsock: vm.vsock.clone(), api: vm.api.clone(), console: vm.console.clone(), vm };
         }
@@ -80,6 +83,7 @@ impl Layout {
                 api: inside("api.sock"),
                 console: inside("console.log"),
                 vm_json: JAIL_VM_JSON.into(),
+                memory_dir: config.huge_pages.then(|| policy::JAIL_MEMORY.into()),
             },
         }
     }
@@ -184,6 +188,7 @@ pub fn prepare(
             nproc: u64::from(size.vcpus) + EXTRA_TASKS,
         },
         landlock: config.jail_landlock,
+        memory_tmpfs: config.huge_pages.then_some(size.memory_mib << 20),
         keep_fds: Vec::new(),
     };
     let written = serde_json::to_vec_pretty(&spec)

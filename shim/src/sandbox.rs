@@ -76,7 +76,11 @@ const VMM_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// paths brig-vmm sees (inside its jail, when it has one).
 pub fn vm_config(config: &Config, paths: &VmPaths, size: Size) -> VmConfig {
     VmConfig {
-        machine: MachineConfig { vcpus: size.vcpus, memory_mib: size.memory_mib },
+        machine: MachineConfig {
+            huge_pages: config.huge_pages,
+            memory_dir: paths.memory_dir.clone(),
+            ..MachineConfig::new(size.vcpus, size.memory_mib)
+        },
         boot: BootConfig {
             kernel: paths.kernel.clone(),
             initramfs: Some(paths.initramfs.clone()),
@@ -501,7 +505,7 @@ mod tests {
         let open = Config { jail: false, ..config.clone() };
         let layout = Layout::new(&open, Path::new("/run/brig/x"), Path::new("/img"));
         let vm = vm_config(&config, &layout.vm, Size { vcpus: 2, memory_mib: 192, cpu_max: None });
-        assert_eq!(vm.machine, MachineConfig { vcpus: 2, memory_mib: 192 });
+        assert_eq!((vm.machine.vcpus, vm.machine.memory_mib, vm.machine.huge_pages), (2, 192, true));
         assert_eq!(vm.block, vec![BlockConfig { path: "/img".into(), read_only: true, serial: Some("rootfs".into()) }]);
         assert_eq!(vm.vsock.expect("vsock").uds_path, Path::new("/run/brig/x/vsock.sock"));
         assert_eq!(vm.api_socket.as_deref(), Some(Path::new("/run/brig/x/api.sock")));

@@ -22,6 +22,7 @@ pub fn exchanges() -> Vec<(Request, Response)> {
             rss_file_kib: 2_608,
             rss_guest_kib: 56_500,
             guest_memory_kib: 262_144,
+            guest_huge_kib: 53_248,
         },
     };
     vec![

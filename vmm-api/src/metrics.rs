@@ -73,4 +73,7 @@ pub struct MemoryUsage {
     pub rss_guest_kib: u64,
     /// The guest's configured RAM.
     pub guest_memory_kib: u64,
+    /// Guest RAM mapped in 2 MiB huge pages (`ShmemPmdMapped` of
+    /// `/proc/self/smaps_rollup`; API 1.4).
+    pub guest_huge_kib: u64,
 }

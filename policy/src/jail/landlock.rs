@@ -13,7 +13,7 @@ use landlock::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{JailError, JailSpec, JAIL_STATE};
+use super::{JailError, JailSpec, JAIL_MEMORY, JAIL_STATE};
 
 /// The newest ABI brig asks for; an older kernel's ABI is enforced in full.
 const TARGET_ABI: ABI = ABI::V6;
@@ -123,6 +123,13 @@ fn rules(spec: &JailSpec) -> Vec<(String, BitFlags<AccessFs>)> {
         ("/proc/1".into(), read),
         ("/proc/cpuinfo".into(), AccessFs::ReadFile.into()),
     ];
+    if spec.memory_tmpfs.is_some() {
+        // Guest RAM: one unnamed file (O_TMPFILE) in its own tmpfs.
+        rules.push((
+            JAIL_MEMORY.into(),
+            AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::MakeReg | AccessFs::Truncate,
+        ));
+    }
     for file in &spec.files {
         let access = if file.writable {
             AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate

@@ -13,7 +13,7 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chown, pivot_root, Gid, Uid};
 
-use super::{JailError, JailSpec};
+use super::{JailError, JailSpec, JAIL_MEMORY};
 
 /// Makes the root (0755, root's) and its `state/` (0700, the sandbox uid's).
 /// The root must be new, in a directory only root can change: otherwise it would
@@ -114,6 +114,9 @@ pub fn build_and_pivot(spec: &JailSpec) -> Result<(), JailError> {
         Some("hidepid=2"),
     )
     .map_err(JailError::nix(format!("mounting proc on {}", proc.display())))?;
+    if let Some(bytes) = spec.memory_tmpfs {
+        memory_tmpfs(spec, bytes)?;
+    }
     // The root is read-only from here (device nodes and mount points are made);
     // only state/ stays writable, without exec, suid or devices.
     let state = spec.host_state_dir();
@@ -126,6 +129,27 @@ pub fn build_and_pivot(spec: &JailSpec) -> Result<(), JailError> {
     umount2(".", MntFlags::MNT_DETACH).map_err(JailError::nix("unmounting the old root"))?;
     std::env::set_current_dir("/").map_err(JailError::step("chdir /"))?;
     Ok(())
+}
+
+/// The tmpfs for guest RAM at [`JAIL_MEMORY`]: just large enough, the sandbox uid's,
+/// `huge=within_size` so that the guest gets 2 MiB pages; a kernel without huge
+/// pages for tmpfs refuses that option, and gets the tmpfs without it (brig-vmm
+/// then logs that the guest has 4 KiB pages, and why).
+fn memory_tmpfs(spec: &JailSpec, bytes: u64) -> Result<(), JailError> {
+    const HUGE: u64 = 2 << 20;
+    let target = placeholder(&spec.root, Path::new(JAIL_MEMORY), true)?;
+    let size = bytes.div_ceil(HUGE) * HUGE;
+    let base = format!("size={size},nr_inodes=16,mode=0700,uid={},gid={}", spec.uid, spec.gid);
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let huge = format!("{base},huge=within_size");
+    let mounted = mount(Some("brig-memory"), &target, Some("tmpfs"), flags, Some(huge.as_str()));
+    match mounted {
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(Some("brig-memory"), &target, Some("tmpfs"), flags, Some(base.as_str()))
+        }
+        other => other,
+    }
+    .map_err(JailError::nix(format!("mounting the guest-memory tmpfs on {}", target.display())))
 }
 
 /// `path` (absolute inside the jail) under the jail root on the host.

@@ -44,6 +44,8 @@ pub enum ConfigError {
     TooLittleMemory { got: u64, min: u64 },
     #[error("memory of {got} MiB is more than the {max} MiB brig-vmm supports")]
     TooMuchMemory { got: u64, max: u64 },
+    #[error("memory_dir {} must be an absolute path (a tmpfs directory)", .0.display())]
+    MemoryDir(std::path::PathBuf),
     #[error("guest CID {0} is reserved; use 3 or above")]
     ReservedCid(u64),
     #[error("at most {max} virtio devices fit on the MMIO bus; {got} were asked for")]
