@@ -1,13 +1,18 @@
-//! Benchmark: brig-vmm (plain, and in its jail as the shim runs it) and Debian's
-//! `qemu-system-x86_64 -M microvm`, booting the same guest kernel and initramfs
-//! (brig-agent as init), side by side.
+//! Benchmark: brig-vmm (guest RAM in 4 KiB pages, in 2 MiB pages, and in its jail as
+//! the shim runs it), Debian's `qemu-system-x86_64 -M microvm` (memfd RAM, and
+//! anonymous RAM that QEMU advises for huge pages) and, when `FIRECRACKER_BIN` names
+//! a Firecracker binary, Firecracker: all booting the same guest kernel and initramfs
+//! (brig-agent as init, 1 vCPU, 128 MiB, vsock only besides virtio-rng), side by side.
 //!
-//! For each: time from process start to the agent's first `Ping` answer, and the
-//! VMM's resident memory beyond guest memory (RssAnon + RssFile; guest RAM is a
-//! memfd in both, so it counts as RssShmem and is left out). Run inside the test
-//! host by `cargo xtask bench boot`; prints numbers, asserts nothing about them.
+//! For each: time from process start to the agent's first `Ping` answer; the VMM's
+//! resident memory beyond guest memory (RssAnon + RssFile, where guest RAM is shared
+//! memory and so left out); the guest RAM resident after boot, and how much of it is
+//! in 2 MiB pages. Run inside the test host by `cargo xtask bench boot`; prints
+//! numbers, asserts nothing about them. (Firecracker is built by hand from its public
+//! repository; brig never builds it.)
 
 use std::os::fd::{IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,7 +29,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Sample {
     ready: Duration,
-    rss_kib: u64,
+    /// The VMM's own memory; `None` where guest RAM is anonymous too, so the two
+    /// cannot be told apart.
+    own_kib: Option<u64>,
+    guest_kib: u64,
+    huge_kib: u64,
+}
+
+/// Where a VMM keeps guest RAM, which decides how its memory is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ram {
+    Shared,
+    Anonymous,
 }
 
 fn ping(fd: OwnedFd) -> Result<()> {
@@ -38,6 +54,7 @@ fn ping(fd: OwnedFd) -> Result<()> {
 fn wait_ready(
     child: &mut Child,
     vmm: u32,
+    ram: Ram,
     start: Instant,
     mut try_connect: impl FnMut() -> Result<OwnedFd>,
 ) -> Result<Sample> {
@@ -52,7 +69,18 @@ fn wait_ready(
             if ping(fd).is_ok() {
                 let ready = start.elapsed();
                 std::thread::sleep(Duration::from_millis(200)); // let the guest settle before sampling
-                return Ok(Sample { ready, rss_kib: brig_tests::proc::memory(vmm).own_kib });
+                let memory = brig_tests::proc::memory(vmm);
+                return Ok(match ram {
+                    Ram::Shared => Sample {
+                        ready,
+                        own_kib: Some(memory.own_kib),
+                        guest_kib: memory.shmem_kib,
+                        huge_kib: memory.huge_kib,
+                    },
+                    Ram::Anonymous => {
+                        Sample { ready, own_kib: None, guest_kib: memory.rss_kib, huge_kib: memory.huge_kib }
+                    }
+                });
             }
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -64,7 +92,9 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-fn run_brig(dir: &Scratch) -> Result<Sample> {
+/// brig-vmm unjailed, guest RAM in a memfd in 4 KiB pages (`memory_dir: None`), or in
+/// `memory_dir` (a `huge=within_size` tmpfs, as the jail mounts).
+fn run_brig(dir: &Scratch, memory_dir: Option<&Path>) -> Result<Sample> {
     let vsock = dir.join("vsock.sock");
     let _ = std::fs::remove_file(&vsock);
     let start = Instant::now();
@@ -76,13 +106,17 @@ fn run_brig(dir: &Scratch) -> Result<Sample> {
         .args(["--memory", &MEMORY_MIB.to_string(), "--rng"])
         .arg("--vsock")
         .arg(format!("cid={GUEST_CID},path={}", vsock.display()))
+        .args(match memory_dir {
+            Some(dir) => vec!["--memory-dir".into(), dir.as_os_str().to_owned()],
+            None => vec!["--no-huge-pages".into()],
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("start brig-vmm")?;
     let pid = child.id();
-    let sample = wait_ready(&mut child, pid, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
+    let sample = wait_ready(&mut child, pid, Ram::Shared, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
     stop(child);
     sample
 }
@@ -95,15 +129,20 @@ fn run_brig_jailed(dir: &Scratch, run: usize) -> Result<Sample> {
     let start = Instant::now();
     let mut jailed = brig_tests::jail::start(spec, Stdio::null())?;
     let vsock = jailed.vsock();
-    let sample =
-        wait_ready(&mut jailed.jailer, jailed.vmm_pid, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
+    let sample = wait_ready(&mut jailed.jailer, jailed.vmm_pid, Ram::Shared, start, || {
+        Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?))
+    });
     jailed.remove()?;
     sample
 }
 
-fn run_qemu(cid: u32) -> Result<Sample> {
+fn run_qemu(cid: u32, ram: Ram) -> Result<Sample> {
+    let backend = match ram {
+        Ram::Shared => "memory-backend-memfd",
+        Ram::Anonymous => "memory-backend-ram",
+    };
     let start = Instant::now();
-    let mut child = brig_tests::vm::qemu_microvm(MEMORY_MIB, cid)
+    let mut child = brig_tests::vm::qemu_microvm_with(MEMORY_MIB, cid, backend)
         .args(["-serial", "null"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -111,7 +150,7 @@ fn run_qemu(cid: u32) -> Result<Sample> {
         .spawn()
         .context("start qemu-system-x86_64")?;
     let pid = child.id();
-    let sample = wait_ready(&mut child, pid, start, || {
+    let sample = wait_ready(&mut child, pid, ram, start, || {
         let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
         connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(cid, 1024))?;
         Ok(fd)
@@ -120,36 +159,130 @@ fn run_qemu(cid: u32) -> Result<Sample> {
     sample
 }
 
+/// Firecracker booting the same kernel and initramfs, configured as brig-vmm is
+/// (1 vCPU, 128 MiB, hybrid vsock, entropy device; its own default memory: anonymous).
+fn run_firecracker(firecracker: &Path, dir: &Scratch, run: usize) -> Result<Sample> {
+    let vsock = dir.join(&format!("fc-{run}.vsock"));
+    let _ = std::fs::remove_file(&vsock);
+    let config = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": brig_tests::artifact("BRIG_GUEST_KERNEL"),
+            "initrd_path": brig_tests::artifact("BRIG_GUEST_INITRAMFS"),
+            "boot_args": "console=ttyS0 quiet reboot=k panic=-1",
+        },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": MEMORY_MIB },
+        "vsock": { "guest_cid": GUEST_CID, "uds_path": vsock },
+        "entropy": {},
+        "drives": [],
+    });
+    let config_path = dir.join(&format!("fc-{run}.json"));
+    std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
+    let start = Instant::now();
+    let mut child = Command::new(firecracker)
+        .arg("--no-api")
+        .arg("--config-file")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", firecracker.display()))?;
+    let pid = child.id();
+    let sample =
+        wait_ready(&mut child, pid, Ram::Anonymous, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
+    stop(child);
+    sample
+}
+
+/// A `huge=within_size` tmpfs for guest RAM, as brig's jail mounts one.
+struct HugeTmpfs(PathBuf);
+
+impl HugeTmpfs {
+    fn mount(dir: &Scratch) -> Result<HugeTmpfs> {
+        let path = dir.join("memory");
+        std::fs::create_dir_all(&path)?;
+        let options = format!("size={}M,huge=within_size,mode=0700", MEMORY_MIB + 2);
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &options, "brig-bench"]).arg(&path).status()?;
+        if !status.success() {
+            bail!("mount -t tmpfs -o {options} {}: {status}", path.display());
+        }
+        Ok(HugeTmpfs(path))
+    }
+}
+
+impl Drop for HugeTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn median<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> (T, T, T) {
+    let mut v: Vec<T> = values.collect();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
 fn report(name: &str, samples: &[Sample]) {
-    let mut ready: Vec<f64> = samples.iter().map(|s| s.ready.as_secs_f64() * 1000.0).collect();
-    let mut rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
-    ready.sort_by(f64::total_cmp);
-    rss.sort_unstable();
+    let (ready, low, high) = median(samples.iter().map(|s| s.ready.as_secs_f64() * 1000.0));
+    let own = match samples.iter().map(|s| s.own_kib).collect::<Option<Vec<u64>>>() {
+        Some(own) => format!("{:>6} KiB", median(own.into_iter()).0),
+        None => "   n/a    ".to_owned(),
+    };
+    let (guest, _, _) = median(samples.iter().map(|s| s.guest_kib));
+    let (huge, _, _) = median(samples.iter().map(|s| s.huge_kib));
     println!(
-        "boot [{name:<22}] agent ready: median {:>6.0} ms (min {:.0}, max {:.0}); VMM RSS beyond guest memory: median {:>6} KiB (min {}, max {}); {} runs",
-        ready[ready.len() / 2],
-        ready[0],
-        ready[ready.len() - 1],
-        rss[rss.len() / 2],
-        rss[0],
-        rss[rss.len() - 1],
+        "boot [{name:<28}] agent ready: median {ready:>6.0} ms (min {low:.0}, max {high:.0}); VMM own RSS {own}; \
+         guest RAM resident {:>4} MiB, {:>4} MiB of it in 2 MiB pages; {} runs",
+        guest >> 10,
+        huge >> 10,
         samples.len()
     );
 }
 
 fn main() -> Result<()> {
     let runs: usize = std::env::var("BRIG_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let firecracker = std::env::var_os("FIRECRACKER_BIN").map(PathBuf::from);
     let dir = Scratch::new("bench-boot");
-    let (mut brig, mut jailed, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
-    // Interleaved, so drift in the (shared, noisy) machine affects all alike.
-    for run in 0..runs {
-        brig.push(run_brig(&dir)?);
-        jailed.push(run_brig_jailed(&dir, run)?);
-        qemu.push(run_qemu(100 + run as u32)?);
+    let tmpfs = HugeTmpfs::mount(&dir)?;
+    let thp = |name: &str| std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{name}"));
+    println!(
+        "boot: test host THP enabled = {}, shmem_enabled = {}",
+        thp("enabled").unwrap_or_default().trim(),
+        thp("shmem_enabled").unwrap_or_default().trim()
+    );
+    let mut rows: Vec<(&str, Vec<Sample>)> = vec![
+        ("brig-vmm, 4 KiB pages", Vec::new()),
+        ("brig-vmm, huge tmpfs", Vec::new()),
+        ("brig-vmm in its jail", Vec::new()),
+        ("qemu -M microvm, memfd", Vec::new()),
+        ("qemu -M microvm, anonymous", Vec::new()),
+    ];
+    if firecracker.is_some() {
+        rows.push(("firecracker", Vec::new()));
     }
-    report("brig-vmm", &brig);
-    report("brig-vmm in its jail", &jailed);
-    report("qemu -M microvm", &qemu);
+    // Interleaved, and each round starting one row later, so that drift in the
+    // (shared, noisy) machine and the order within a round affect all alike.
+    for run in 0..runs {
+        for i in 0..rows.len() {
+            let row = (run + i) % rows.len();
+            let sample = match row {
+                0 => run_brig(&dir, None)?,
+                1 => run_brig(&dir, Some(&tmpfs.0))?,
+                2 => run_brig_jailed(&dir, run)?,
+                3 => run_qemu(100 + run as u32, Ram::Shared)?,
+                4 => run_qemu(200 + run as u32, Ram::Anonymous)?,
+                _ => run_firecracker(firecracker.as_deref().expect("a row only with FIRECRACKER_BIN"), &dir, run)?,
+            };
+            rows[row].1.push(sample);
+        }
+    }
+    for (name, samples) in &rows {
+        report(name, samples);
+    }
+    if firecracker.is_none() {
+        println!("boot: FIRECRACKER_BIN is not set, so Firecracker is not measured");
+    }
+    drop(tmpfs);
     let _ = std::fs::remove_dir("/sys/fs/cgroup/brig-tests");
     Ok(())
 }

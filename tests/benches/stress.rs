@@ -8,7 +8,8 @@
 //! The peer: each brig-vmm round is followed by one of Debian's `qemu-system-x86_64
 //! -M microvm` booting the same kernel and initramfs the same way (vhost-vsock), so
 //! a failure rate that both VMMs share belongs to the test host, not to brig-vmm.
-//! `BRIG_STRESS_PEER=none` leaves QEMU out.
+//! `BRIG_STRESS_PEER=none` leaves QEMU out. `BRIG_STRESS_PAGES=4k` gives brig-vmm's
+//! guests 4 KiB pages (`--no-huge-pages`) instead of its default 2 MiB (ADR 014).
 //!
 //! `cargo xtask bench stress` runs it in fresh test hosts and adds the test host's
 //! own failures. Prints numbers, asserts nothing about them.
@@ -122,6 +123,7 @@ fn brig(dir: &std::path::Path, stderr: std::fs::File) -> Result<Child> {
         .arg(dir.join("api.sock"))
         .arg("--console")
         .arg(dir.join("console.log"))
+        .args(std::env::var("BRIG_STRESS_PAGES").is_ok_and(|p| p == "4k").then_some("--no-huge-pages"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -24,6 +24,8 @@ pub fn bare_spec(dir: &Path, name: &str, uid: u32, exec: PathBuf, extra: &[&str]
         "--memory",
         &MEMORY_MIB.to_string(),
         "--rng",
+        "--memory-dir",
+        brig_policy::jail::JAIL_MEMORY,
         "--vsock",
         &format!("cid={GUEST_CID},path=/state/vsock.sock"),
     ]
@@ -49,6 +51,7 @@ pub fn bare_spec(dir: &Path, name: &str, uid: u32, exec: PathBuf, extra: &[&str]
         netns: None,
         rlimits: Rlimits { nofile: 4096, fsize: (MEMORY_MIB << 20) + (1 << 30), nproc: 9 },
         landlock: LandlockMode::Require,
+        memory_tmpfs: Some(MEMORY_MIB << 20),
         keep_fds: Vec::new(),
     }
 }

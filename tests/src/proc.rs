@@ -9,16 +9,27 @@ pub struct Memory {
     pub own_kib: u64,
     /// `RssShmem`: for brig-vmm, the guest RAM it has touched.
     pub shmem_kib: u64,
+    /// Memory mapped in 2 MiB pages (`ShmemPmdMapped + AnonHugePages` of `smaps_rollup`).
+    pub huge_kib: u64,
 }
 
 pub fn memory(pid: u32) -> Memory {
     let Ok(status) = procfs::process::Process::new(pid as i32).and_then(|p| p.status()) else {
         return Memory::default();
     };
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Memory {
         rss_kib: status.vmrss.unwrap_or(0),
         own_kib: status.rssanon.unwrap_or(0) + status.rssfile.unwrap_or(0),
         shmem_kib: status.rssshmem.unwrap_or(0),
+        huge_kib: field("ShmemPmdMapped") + field("AnonHugePages"),
     }
 }
 

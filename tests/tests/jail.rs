@@ -11,7 +11,8 @@ use brig_vmm_api::client::Client;
 use sha2::Digest;
 
 /// What a jail root holds (seen through `/proc/<pid>/root`).
-const JAIL_ENTRIES: [&str; 8] = ["brig-vmm", "dev", "images", "initramfs.cpio", "proc", "state", "vm.json", "vmlinux"];
+const JAIL_ENTRIES: [&str; 9] =
+    ["brig-vmm", "dev", "images", "initramfs.cpio", "memory", "proc", "state", "vm.json", "vmlinux"];
 
 fn status_field(status: &str, name: &str) -> String {
     status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default()
@@ -99,6 +100,31 @@ fn assert_jailed(pid: u32, when: &str) {
         ["rw", "nosuid", "nodev", "noexec"].iter().all(|o| state_options.iter().any(|s| s == o)),
         "{when}: /state {state_options:?}"
     );
+    // Guest RAM: an unnamed file in the jail's own huge-page tmpfs (ADR 014), and the
+    // guest's touched memory in 2 MiB pages.
+    let memory_options: Vec<String> = options("/memory").unwrap_or_else(|| panic!("{when}: no /memory in\n{mounts}"));
+    assert!(
+        ["rw", "nosuid", "nodev", "noexec"].iter().all(|o| memory_options.iter().any(|s| s == o)),
+        "{when}: /memory {memory_options:?}"
+    );
+    let memory_fs = mounts
+        .lines()
+        .rev()
+        .find(|line| line.split_whitespace().nth(4) == Some("/memory"))
+        .and_then(|line| line.split_once(" - "))
+        .map(|(_, fs)| fs.to_owned())
+        .unwrap_or_default();
+    assert!(
+        memory_fs.starts_with("tmpfs ") && memory_fs.contains("huge=within_size"),
+        "{when}: /memory is {memory_fs}"
+    );
+    assert_eq!(
+        std::fs::read_dir(proc.join("root/memory")).expect("/memory").count(),
+        0,
+        "{when}: guest RAM has no name"
+    );
+    let huge = brig_tests::proc::memory(pid).huge_kib;
+    assert!(huge >= 2048, "{when}: none of the guest's memory is in 2 MiB pages ({huge} KiB)");
     // Its descriptors: its own files, KVM's, sockets and stderr; nothing of containerd or the
     // shim. Files are compared by device and inode: their paths read differently across
     // mount namespaces.
@@ -109,11 +135,13 @@ fn assert_jailed(pid: u32, when: &str) {
     own.push("/dev/null".into());
     let id = |path: &Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
     let allowed: Vec<(u64, u64)> = own.iter().filter_map(|p| id(p)).collect();
+    // Guest RAM: the one unnamed file on the jail's /memory tmpfs.
+    let memory_dev = std::fs::metadata(proc.join("root/memory")).expect("/memory").dev();
     for fd in std::fs::read_dir(proc.join("fd")).expect("fds").flatten() {
         let target = std::fs::read_link(fd.path()).map(|t| t.display().to_string()).unwrap_or_default();
         let expected = target.starts_with("anon_inode:")
             || target.starts_with("socket:[")
-            || target.starts_with("/memfd:")
+            || (target.ends_with(" (deleted)") && id(&fd.path()).is_some_and(|(dev, _)| dev == memory_dev))
             || id(&fd.path()).is_some_and(|file| allowed.contains(&file));
         assert!(
             expected,

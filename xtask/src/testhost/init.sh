@@ -47,6 +47,9 @@ if [ -n "$TREE" ]; then
 fi
 
 hostname brig-testhost
+# Like a host tuned for brig (ADR 014): memfds advised for huge pages get them, so an
+# unjailed brig-vmm's guest RAM is in 2 MiB pages as a jailed one's (its own tmpfs) is.
+echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled
 ip link set lo up
 # Hold the console open from here on: the tty's settings last only while it is open,
 # and without `raw` (-opost) every `\n` the command writes would come back as `\r\n`.
