@@ -44,6 +44,12 @@ pub fn run(args: &Args) -> Result<()> {
     let (statement, _) = verify::check_signed(&args.src, &key)?;
     let (src, dest) = (absolute(&args.src)?, absolute(&args.dest)?);
     let mut evidence = Evidence::create(&dest)?;
+    let event = custody::Event {
+        action: "copied",
+        operator: args.operator.as_deref(),
+        reason: &args.reason,
+        copy: Some((&src, &dest)),
+    };
     let copied = (|| {
         for name in statement.subject_names() {
             let from = File::open(src.join(name)).with_context(|| format!("missing file {name}"))?;
@@ -52,14 +58,8 @@ pub fn run(args: &Args) -> Result<()> {
         }
         for name in ["manifest.json", custody::FILE] {
             let from = File::open(src.join(name)).with_context(|| format!("opening {}", src.join(name).display()))?;
-            evidence.stream(name, from)?;
+            evidence.copy_unlisted(name, from)?;
         }
-        let event = custody::Event {
-            action: "copied",
-            operator: args.operator.as_deref(),
-            reason: &args.reason,
-            copy: Some((&src, &dest)),
-        };
         custody::append(&dest, &sign_key, &event).context("recording the copy in the copy's custody.log")?;
         evidence.complete()
     })();
@@ -67,12 +67,6 @@ pub fn run(args: &Args) -> Result<()> {
         Evidence::mark_failed(&dest, e);
         return copied;
     }
-    let event = custody::Event {
-        action: "copied",
-        operator: args.operator.as_deref(),
-        reason: &args.reason,
-        copy: Some((&src, &dest)),
-    };
     let source_note = match custody::append(&src, &sign_key, &event) {
         Ok(()) => "recorded in both custody logs".to_owned(),
         Err(e) => format!("recorded in the copy's custody log only: the source's could not be written ({e:#})"),

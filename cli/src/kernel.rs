@@ -36,20 +36,24 @@ pub struct Booted {
 
 /// Reads the kernel at `path` (a regular file, never through a symlink).
 pub fn inspect(path: &Path) -> Result<Booted> {
-    let data = read_regular(path)?;
-    let elf = ElfFile64::<LittleEndian>::parse(&*data)
-        .with_context(|| format!("{} is not an ELF64 vmlinux", path.display()))?;
-    let vmcoreinfo_note_symbol =
-        elf.symbols().find(|s| s.name() == Ok(VMCOREINFO_NOTE)).and_then(|s| physical_address(&elf, s.address()));
-    Ok(Booted { vmlinux: describe(path, &data, &elf), vmcoreinfo_note_symbol })
+    parsed(path, |data, elf| {
+        let vmcoreinfo_note_symbol =
+            elf.symbols().find(|s| s.name() == Ok(VMCOREINFO_NOTE)).and_then(|s| physical_address(elf, s.address()));
+        Booted { vmlinux: describe(path, data, elf), vmcoreinfo_note_symbol }
+    })
 }
 
 /// The debug vmlinux at `path`, if there is one.
 pub fn inspect_debug(path: &Path) -> Result<Vmlinux> {
+    parsed(path, |data, elf| describe(path, data, elf))
+}
+
+/// Reads the vmlinux at `path` once and hands its bytes and ELF view to `then`.
+fn parsed<T>(path: &Path, then: impl FnOnce(&[u8], &ElfFile64<'_, LittleEndian>) -> T) -> Result<T> {
     let data = read_regular(path)?;
     let elf = ElfFile64::<LittleEndian>::parse(&*data)
         .with_context(|| format!("{} is not an ELF64 vmlinux", path.display()))?;
-    Ok(describe(path, &data, &elf))
+    Ok(then(&data, &elf))
 }
 
 fn describe(path: &Path, data: &[u8], elf: &ElfFile64<'_, LittleEndian>) -> Vmlinux {

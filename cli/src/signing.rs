@@ -76,6 +76,13 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A file's size and SHA-256 (hex), read once.
+pub fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut sha = Sha256::new();
+    let size = std::io::copy(&mut std::fs::File::open(path)?, &mut sha)?;
+    Ok((size, hex(&sha.finalize())))
+}
+
 fn unhex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
     text.len().is_multiple_of(2).then_some(())?;

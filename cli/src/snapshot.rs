@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::custody;
 use crate::kernel::{self, Vmlinux};
-use crate::signing::{self, hex};
+use crate::signing::{self, file_sha256, hex};
 
 /// How long ordinary control requests may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -130,7 +130,19 @@ impl Evidence {
     }
 
     /// Copies `from` into a new file `name`, hashing what is written.
-    pub(crate) fn stream(&mut self, name: &str, mut from: impl Read) -> Result<Subject> {
+    pub(crate) fn stream(&mut self, name: &str, from: impl Read) -> Result<Subject> {
+        let subject = self.write_file(name, from)?;
+        self.subjects.push(subject.clone());
+        Ok(subject)
+    }
+
+    /// Like [`Evidence::stream`], for a file the manifest does not list (a copy's
+    /// manifest.json and custody.log).
+    pub(crate) fn copy_unlisted(&mut self, name: &str, from: impl Read) -> Result<Subject> {
+        self.write_file(name, from)
+    }
+
+    fn write_file(&mut self, name: &str, mut from: impl Read) -> Result<Subject> {
         let path = self.dir.join(name);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -149,9 +161,7 @@ impl Evidence {
             size += n as u64;
         }
         file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
-        let subject = Subject { name: name.into(), size, digest: Digests { sha256: hex(&sha.finalize()) } };
-        self.subjects.push(subject.clone());
-        Ok(subject)
+        Ok(Subject { name: name.into(), size, digest: Digests { sha256: hex(&sha.finalize()) } })
     }
 
     fn write(&mut self, name: &str, bytes: &[u8]) -> Result<Subject> {
@@ -467,12 +477,6 @@ fn versions(control: &Client, config: &Config, task: &TaskRecord) -> Versions {
         host_kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         cpu_model: cpu_model.unwrap_or_default(),
     }
-}
-
-fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut sha = Sha256::new();
-    let size = std::io::copy(&mut File::open(path)?, &mut sha)?;
-    Ok((size, hex(&sha.finalize())))
 }
 
 /// memory.elf and state.bin, through pipes; returns brig-vmm's digest of memory.elf

@@ -4,10 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::custody;
-use crate::signing::{self, hex, Envelope};
+use crate::signing::{self, Envelope};
 use ed25519_dalek::VerifyingKey;
 
 /// Check a snapshot directory: its manifest's signature, every file's size and
@@ -124,8 +123,8 @@ pub fn run(args: &Args) -> Result<()> {
     let key = signing::load_public(&args.key)?;
     let (statement, entries) = check_signed(&args.dir, &key)?;
     for subject in &statement.subject {
-        let (size, sha256) =
-            hash(&args.dir.join(&subject.name)).with_context(|| format!("missing file {}", subject.name))?;
+        let (size, sha256) = signing::file_sha256(&args.dir.join(&subject.name))
+            .with_context(|| format!("missing file {}", subject.name))?;
         statement.check(&subject.name, size, &sha256)?;
     }
     if args.record {
@@ -148,11 +147,4 @@ pub fn run(args: &Args) -> Result<()> {
         p["reason"].as_str().unwrap_or("")
     );
     Ok(())
-}
-
-fn hash(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut sha = Sha256::new();
-    let size = std::io::copy(&mut file, &mut sha)?;
-    Ok((size, hex(&sha.finalize())))
 }
