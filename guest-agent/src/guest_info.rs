@@ -1,5 +1,25 @@
 //! Facts about the guest for `GuestInfo` and `DescribeGuest`, read from /proc.
 
+use std::sync::OnceLock;
+
+/// The guest's `CLOCK_BOOTTIME` (time since its kernel began) in ns, 0 if unreadable.
+pub fn boottime_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+}
+
+static STARTED_NS: OnceLock<u64> = OnceLock::new();
+
+/// Notes [`boottime_ns`] as the moment the agent began; the first call counts.
+pub fn note_start() {
+    STARTED_NS.get_or_init(boottime_ns);
+}
+
+/// The moment [`note_start`] noted (0 if it was never called), reported by `Ping`.
+pub fn started_ns() -> u64 {
+    STARTED_NS.get().copied().unwrap_or(0)
+}
+
 /// The most processes and mounts `DescribeGuest` sends.
 pub const MAX_ENTRIES: usize = 4096;
 /// A command line is cut at this many bytes.

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Some(config::EXEC_ARG) => runtime::exec_main(),
         _ => {}
     }
+    brig_agent::guest_info::note_start();
     init_logging();
     let pid1 = std::process::id() == 1;
     if pid1 {

@@ -74,6 +74,8 @@ impl Agent for AgentService {
             agent_version: crate::VERSION.to_owned(),
             api_major: API_MAJOR,
             api_minor: API_MINOR,
+            boottime_ns: guest_info::boottime_ns(),
+            agent_started_ns: guest_info::started_ns(),
             ..Default::default()
         })
     }

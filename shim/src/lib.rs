@@ -17,3 +17,4 @@ pub mod sandbox;
 pub mod service;
 pub mod spec;
 pub mod task;
+pub mod timeline;

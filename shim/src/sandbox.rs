@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use brig_protocol::agent::PingRequest;
+use brig_protocol::agent::{PingRequest, PingResponse};
 use brig_protocol::agent_ttrpc_async::AgentClient;
 use brig_protocol::stdio::{Header, Stream, STDIO_VSOCK_PORT};
 use brig_protocol::ttrpc::asynchronous::transport::Socket;
@@ -27,6 +27,7 @@ use crate::error::ShimError;
 use crate::files;
 use crate::guest::{AgentGuest, Guest};
 use crate::jail::{self, Jail, Layout, VmPaths};
+use crate::timeline::{self, Step};
 
 /// Guest CID of every brig VM (each VM has its own vsock device).
 const GUEST_CID: u64 = 3;
@@ -160,7 +161,10 @@ impl Sandbox {
         };
         let started = spawn(config, dir, command).await;
         let (exited, vmm_pid) = match started {
-            Ok(started) => started,
+            Ok(started) => {
+                timeline::mark(Step::VmmSpawned);
+                started
+            }
             Err(e) => {
                 if let Some(jail) = &jail {
                     jail.release();
@@ -382,7 +386,9 @@ async fn wait_for_agent(
         // Each attempt ends by the deadline: a VMM that accepts for a guest that never
         // answers cannot hold Create past agent_timeout_secs.
         let attempt = deadline.saturating_duration_since(Instant::now()).min(VMM_ANSWER_TIMEOUT);
-        if let Ok(agent) = connect_agent(&layout.vsock, attempt).await {
+        if let Ok((agent, pong)) = ping_agent(&layout.vsock, attempt).await {
+            timeline::guest_clock(Duration::from_nanos(pong.boottime_ns), Duration::from_nanos(pong.agent_started_ns));
+            timeline::mark(Step::AgentReady);
             return Ok(agent);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -449,10 +455,14 @@ fn socket(path: &Path) -> Result<files::SocketPath, ShimError> {
     files::SocketPath::open(path).map_err(ShimError::io(format!("opening {}", path.display())))
 }
 
-/// Hybrid vsock handshake, then a ttrpc client; checks the agent's API version.
 /// A client of the guest agent behind the hybrid vsock socket `vsock` (never through
 /// a symlink), checked with `Ping` to speak this build's API; also brig snapshot's.
 pub async fn connect_agent(vsock: &Path, timeout: Duration) -> Result<AgentClient, ShimError> {
+    ping_agent(vsock, timeout).await.map(|(client, _)| client)
+}
+
+/// [`connect_agent`], with the agent's `Ping` answer.
+async fn ping_agent(vsock: &Path, timeout: Duration) -> Result<(AgentClient, PingResponse), ShimError> {
     let socket = socket(vsock)?;
     let stream = vsock::connect_async(socket.path(), AGENT_VSOCK_PORT, timeout).await?;
     let client = AgentClient::new(brig_protocol::ttrpc::asynchronous::Client::new(Socket::from(stream)));
@@ -466,7 +476,7 @@ pub async fn connect_agent(vsock: &Path, timeout: Duration) -> Result<AgentClien
             pong.api_major, pong.api_minor
         )));
     }
-    Ok(client)
+    Ok((client, pong))
 }
 
 fn attach_blocking(vsock: &Path, header: &Header) -> Result<StdUnixStream, ShimError> {

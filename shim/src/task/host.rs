@@ -89,7 +89,10 @@ impl Host for BrigHost {
             .await
             .map_err(|e| ShimError::Internal(format!("image task: {e}")));
         match built {
-            Ok(Ok(image)) => Ok(Rootfs { image, mounted_on }),
+            Ok(Ok(image)) => {
+                crate::timeline::mark(crate::timeline::Step::RootfsImage);
+                Ok(Rootfs { image, mounted_on })
+            }
             Ok(Err(e)) | Err(e) => {
                 if let Some(bundle) = &mounted_on {
                     image::unmount_rootfs(bundle);

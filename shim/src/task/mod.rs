@@ -37,6 +37,7 @@ pub use self::process::{KILLED_STATUS, VM_DIED_STATUS};
 use crate::config::Config;
 use crate::error::ShimError;
 use crate::io::StdioPaths;
+use crate::timeline::{self, Step};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -76,6 +77,7 @@ impl TaskService {
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
+        timeline::mark(Step::ShimUp);
         let events = Arc::new(Containerd::new(publisher, namespace));
         TaskService::with_host(config, namespace, Arc::new(BrigHost), events, exit)
     }
@@ -143,6 +145,8 @@ impl TaskService {
 
     async fn delete_task(&self, container: &Container) -> Result<api::DeleteResponse, ShimError> {
         let exit = container.destroy().await?;
+        timeline::mark(Step::Deleted);
+        timeline::log(&container.id);
         *self.inner.container.lock().await = None;
         self.publish(TaskEvent::delete(&container.id, container.pid(), &exit)).await;
         Ok(api::DeleteResponse {
@@ -157,8 +161,10 @@ impl TaskService {
 #[async_trait]
 impl TaskApi for TaskService {
     async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        timeline::mark(Step::Create);
         log::info!("create {} (bundle {})", req.id, req.bundle);
         let pid = self.create_task(&req).await?;
+        timeline::mark(Step::Created);
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
@@ -167,6 +173,9 @@ impl TaskApi for TaskService {
         let exec_id = exec_id(&req.exec_id);
         let proc = container.process(exec_id)?;
         container.start(&proc).await?;
+        if exec_id.is_none() {
+            timeline::mark(Step::Started);
+        }
         self.publish(TaskEvent::started(&container.id, exec_id, container.pid())).await;
         monitor::watch_process(self.inner.events.clone(), container.clone(), proc);
         Ok(api::StartResponse { pid: container.pid(), ..Default::default() })

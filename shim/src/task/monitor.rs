@@ -41,6 +41,9 @@ impl Default for Timing {
 /// monitor or the kill enforcer, whichever comes first.
 async fn report_exit(events: &dyn Publisher, container: &Container, proc: &Process, exit: Exit) {
     if proc.record_exit(exit.clone()) {
+        if proc.exec_id.is_none() {
+            crate::timeline::mark(crate::timeline::Step::ExitSeen);
+        }
         events.publish(TaskEvent::exit(&container.id, proc.exec_id.as_deref(), container.pid(), &exit)).await;
     }
 }
