@@ -11,15 +11,13 @@
 //! numbers, asserts nothing about them. (Firecracker is built by hand from its public
 //! repository; brig never builds it.)
 
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use brig_protocol::agent::PingRequest;
-use brig_protocol::agent_ttrpc::AgentClient;
-use brig_protocol::ttrpc::{self, context};
+use anyhow::{bail, Context, Result};
+use brig_tests::peers;
 use brig_tests::scratch::Scratch;
 use brig_tests::vm::{hybrid_connect, GUEST_CID};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
@@ -43,12 +41,6 @@ enum Ram {
     Anonymous,
 }
 
-fn ping(fd: OwnedFd) -> Result<()> {
-    let client = AgentClient::new(ttrpc::Client::new(fd.into_raw_fd()).map_err(|e| anyhow!("{e}"))?);
-    client.ping(context::with_timeout(2_000_000_000), &PingRequest::new()).map_err(|e| anyhow!("{e}"))?;
-    Ok(())
-}
-
 /// Polls until the agent answers, then samples the memory of the VMM `vmm` (the
 /// child itself, or the brig-vmm a jailer runs).
 fn wait_ready(
@@ -66,7 +58,7 @@ fn wait_ready(
             bail!("the agent did not answer within {READY_TIMEOUT:?}");
         }
         if let Ok(fd) = try_connect() {
-            if ping(fd).is_ok() {
+            if peers::ping(fd).is_ok() {
                 let ready = start.elapsed();
                 std::thread::sleep(Duration::from_millis(200)); // let the guest settle before sampling
                 let memory = brig_tests::proc::memory(vmm);
@@ -160,28 +152,13 @@ fn run_qemu(cid: u32, ram: Ram) -> Result<Sample> {
 }
 
 /// Firecracker booting the same kernel and initramfs, configured as brig-vmm is
-/// (1 vCPU, 128 MiB, hybrid vsock, entropy device; its own default memory: anonymous).
+/// (its own default memory: anonymous).
 fn run_firecracker(firecracker: &Path, dir: &Scratch, run: usize) -> Result<Sample> {
     let vsock = dir.join(&format!("fc-{run}.vsock"));
     let _ = std::fs::remove_file(&vsock);
-    let config = serde_json::json!({
-        "boot-source": {
-            "kernel_image_path": brig_tests::artifact("BRIG_GUEST_KERNEL"),
-            "initrd_path": brig_tests::artifact("BRIG_GUEST_INITRAMFS"),
-            "boot_args": "console=ttyS0 quiet reboot=k panic=-1",
-        },
-        "machine-config": { "vcpu_count": 1, "mem_size_mib": MEMORY_MIB },
-        "vsock": { "guest_cid": GUEST_CID, "uds_path": vsock },
-        "entropy": {},
-        "drives": [],
-    });
-    let config_path = dir.join(&format!("fc-{run}.json"));
-    std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
+    let mut cmd = peers::firecracker(firecracker, &dir.join(&format!("fc-{run}.json")), &vsock, MEMORY_MIB)?;
     let start = Instant::now();
-    let mut child = Command::new(firecracker)
-        .arg("--no-api")
-        .arg("--config-file")
-        .arg(&config_path)
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -241,7 +218,7 @@ fn report(name: &str, samples: &[Sample]) {
 
 fn main() -> Result<()> {
     let runs: usize = std::env::var("BRIG_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
-    let firecracker = std::env::var_os("FIRECRACKER_BIN").map(PathBuf::from);
+    let firecracker = peers::firecracker_bin();
     let dir = Scratch::new("bench-boot");
     let tmpfs = HugeTmpfs::mount(&dir)?;
     let thp = |name: &str| std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{name}"));

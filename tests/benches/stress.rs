@@ -15,14 +15,11 @@
 //! own failures. Prints numbers, asserts nothing about them.
 
 use std::collections::BTreeMap;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
-use brig_protocol::agent::PingRequest;
-use brig_protocol::agent_ttrpc::AgentClient;
-use brig_protocol::ttrpc::{self, context};
+use anyhow::{Context, Result};
 use brig_tests::scratch::Scratch;
 use brig_tests::vm::{hybrid_connect, GUEST_CID};
 use brig_vmm_api::client::Client;
@@ -132,12 +129,6 @@ fn brig(dir: &std::path::Path, stderr: std::fs::File) -> Result<Child> {
     Ok(child)
 }
 
-fn ping(fd: OwnedFd) -> Result<()> {
-    let client = AgentClient::new(ttrpc::Client::new(fd.into_raw_fd()).map_err(|e| anyhow!("{e}"))?);
-    client.ping(context::with_timeout(2_000_000_000), &PingRequest::new()).map_err(|e| anyhow!("{e}"))?;
-    Ok(())
-}
-
 /// Why a guest did not make it, from its VMM's exit code (brig-vmm's are in
 /// docs/control-socket.md; QEMU with `-no-reboot` exits 0 at a guest reset or triple
 /// fault alike).
@@ -187,7 +178,7 @@ fn round(vmm: Vmm, dir: &Scratch, round: usize, parallel: usize, tally: &mut Tal
                 continue;
             }
             if let Ok(fd) = g.agent() {
-                if ping(fd).is_ok() {
+                if brig_tests::peers::ping(fd).is_ok() {
                     g.ready = Some(started.elapsed());
                 }
             }

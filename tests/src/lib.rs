@@ -12,6 +12,7 @@ pub mod container;
 pub mod containerd;
 pub mod jail;
 pub mod oci;
+pub mod peers;
 pub mod proc;
 pub mod ring0;
 pub mod scratch;

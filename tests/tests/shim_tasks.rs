@@ -23,7 +23,41 @@ fn ctr_run_passes_back_output_and_exit_code() {
     let guest_kernel = guest_kernel.unwrap_or_else(|| panic!("{}", describe(&out)));
     assert_ne!(guest_kernel, host_kernel(), "the container ran on the host's kernel");
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "err");
+    assert_start_timeline(&containerd, "hello");
     containerd.assert_no_leftovers("ctr run");
+}
+
+/// The shim logged task `id`'s start timeline (what `cargo xtask bench start` reads)
+/// with every step, the guest's two marks included (its clock fitted the host's).
+fn assert_start_timeline(containerd: &Containerd, id: &str) {
+    let marker = format!("start timeline of task {id}: shim_up at ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        // containerd copies the shim's log lines as they come: the last may lag.
+        let log = containerd.log();
+        if log.contains(&marker) || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let line = log.lines().find(|l| l.contains(&marker)).unwrap_or_else(|| panic!("no start timeline:\n{log}"));
+    let steps = [
+        "create",
+        "rootfs_image",
+        "vmm_spawned",
+        "kernel_entry",
+        "init",
+        "agent_ready",
+        "created",
+        "started",
+        "exit_seen",
+        "deleted",
+    ];
+    let mut rest = line;
+    for step in steps {
+        let at = rest.find(&format!(", {step} +")).unwrap_or_else(|| panic!("{step} missing or out of place: {line}"));
+        rest = &rest[at + 2..];
+    }
 }
 
 #[test]

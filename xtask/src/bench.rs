@@ -1,12 +1,17 @@
-//! `cargo xtask bench [ring0] [boot]`: brig's benchmarks. They print numbers and
+//! `cargo xtask bench [ring0] [boot] [ctr] [snapshot] [stress] [density] [start]`: brig's benchmarks. They print numbers and
 //! assert nothing about them (these machines are shared and noisy).
 //!
 //! - `ring0`: the harness's hand-made ring-0 guest, timed on this machine's own
 //!   `/dev/kvm` and inside the nested test host (or directly, on hardware).
-//! - `boot`: brig-vmm vs `qemu-system-x86_64 -M microvm`, same kernel and
-//!   initramfs, inside the test host: time to agent-ready and VMM RSS.
+//! - `boot`: brig-vmm (4 KiB pages, 2 MiB pages, jailed) vs `qemu-system-x86_64 -M
+//!   microvm` (memfd, anonymous) and, with `FIRECRACKER_BIN`, Firecracker: same kernel
+//!   and initramfs, inside the test host: time to agent-ready, VMM RSS, huge pages.
+//! - `density`: 50 idle 128 MiB guests at once per VMM (brig-vmm in 2 MiB and 4 KiB
+//!   pages, and Firecracker or QEMU): VMM RSS and host memory per sandbox.
 //! - `ctr`: `ctr run --rm … true` through Debian's containerd with brig and with
 //!   runc, inside the test host; the memory one running brig task costs.
+//! - `start`: where `ctr run --rm … true`'s time goes with brig, step by step (the
+//!   shim's start timeline), beside runc's whole run.
 //! - `snapshot`: `brig snapshot` of a 256 MiB and a 1 GiB guest (memory touched
 //!   first) next to `dd` of as many bytes into the same directory: seconds, MB/s,
 //!   how long the vCPUs were paused.
@@ -25,7 +30,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{apt, artifacts, cargo, testhost};
 
-const ALL: &[&str] = &["ring0", "boot", "ctr", "snapshot", "stress"];
+const ALL: &[&str] = &["ring0", "boot", "ctr", "snapshot", "stress", "density", "start"];
 
 fn bench_binary(name: &str) -> Result<PathBuf> {
     let found = cargo::build_executables(&["bench", "--no-run", "-p", "brig-tests", "--bench", name], |kind, _| {
@@ -57,10 +62,12 @@ pub fn run(names: &[String]) -> Result<()> {
                     bail!("ring0 benchmark failed in kvm-host ({code})");
                 }
             }
-            "boot" | "ctr" | "snapshot" => {
+            "boot" | "ctr" | "snapshot" | "density" | "start" => {
                 let (packages, bench): (&[&str], _) = match name {
                     "boot" => (&["qemu-system-x86"], "boot"),
+                    "density" => (&["qemu-system-x86"], "density"),
                     "ctr" => (apt::CONTAINERD, "ctr_run"),
+                    "start" => (apt::CONTAINERD, "start"),
                     _ => (apt::CONTAINERD, "snapshot"),
                 };
                 apt::ensure(packages)?;
@@ -68,6 +75,10 @@ pub fn run(names: &[String]) -> Result<()> {
                 let binary = bench_binary(bench)?;
                 let mut host = host.clone();
                 host.env = env;
+                if name == "density" {
+                    // 50 idle guests and their peer's: room beyond the default 4 GiB.
+                    host.memory_mib = host.memory_mib.max(8192);
+                }
                 let code = testhost::run(&[binary.to_string_lossy().into_owned()], &host)?;
                 if code != 0 {
                     bail!("{name} benchmark failed in kvm-host ({code})");

@@ -1,0 +1,218 @@
+//! Benchmark: memory density. `BRIG_DENSITY_COUNT` (50) idle 128 MiB guests (brig's
+//! kernel and agent as init, 1 vCPU, vsock and virtio-rng) kept running at once, for
+//! each VMM in turn: brig-vmm with guest RAM in 2 MiB pages (its default, the jail's
+//! huge tmpfs emulated by a `huge=within_size` tmpfs), brig-vmm with 4 KiB pages, and
+//! the peer: Firecracker when `FIRECRACKER_BIN` names one (built by hand from its
+//! public repository), else `BRIG_DENSITY_QEMU` (10) of Debian's `qemu -M microvm`.
+//!
+//! Guests boot five at a time, each batch waiting for every agent's `Ping`. Once all
+//! are up and have idled for 10 s, it prints per VMM: the VMM's own RSS per sandbox
+//! (RssAnon + RssFile, guest RAM left out where it is shared memory), the guest RAM
+//! resident per sandbox, and the host memory all of them took (the drop in the test
+//! host's `MemAvailable`), total and per sandbox. Run inside the test host by
+//! `cargo xtask bench density` (whose test host gets enough memory for them); prints
+//! numbers, asserts nothing about them.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use brig_tests::peers;
+use brig_tests::scratch::Scratch;
+use brig_tests::vm::{hybrid_connect, GUEST_CID};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+
+const MEMORY_MIB: u64 = 128;
+const BATCH: usize = 5;
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vmm {
+    BrigHuge,
+    BrigSmall,
+    Firecracker,
+    Qemu,
+}
+
+impl Vmm {
+    fn name(self) -> &'static str {
+        match self {
+            Vmm::BrigHuge => "brig-vmm, 2 MiB pages",
+            Vmm::BrigSmall => "brig-vmm, 4 KiB pages",
+            Vmm::Firecracker => "firecracker",
+            Vmm::Qemu => "qemu -M microvm",
+        }
+    }
+}
+
+struct Guest {
+    child: Child,
+    vsock: PathBuf,
+    cid: u32,
+    vmm: Vmm,
+}
+
+impl Guest {
+    fn agent(&self) -> Result<OwnedFd> {
+        if self.vmm == Vmm::Qemu {
+            let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(self.cid, 1024))?;
+            return Ok(fd);
+        }
+        Ok(OwnedFd::from(hybrid_connect(&self.vsock, 1024)?))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(vmm: Vmm, dir: &Path, tmpfs: &Path, index: usize, firecracker: Option<&Path>) -> Result<Guest> {
+    let vsock = dir.join(format!("g{index}.vsock"));
+    let cid = 1000 + index as u32;
+    let mut cmd = match vmm {
+        Vmm::BrigHuge | Vmm::BrigSmall => {
+            let mut cmd = Command::new(brig_tests::artifact("BRIG_VMM_BIN"));
+            cmd.arg("--kernel")
+                .arg(brig_tests::artifact("BRIG_GUEST_KERNEL"))
+                .arg("--initramfs")
+                .arg(brig_tests::artifact("BRIG_GUEST_INITRAMFS"))
+                .args(["--memory", &MEMORY_MIB.to_string(), "--rng"])
+                .arg("--vsock")
+                .arg(format!("cid={GUEST_CID},path={}", vsock.display()));
+            if vmm == Vmm::BrigHuge {
+                cmd.arg("--memory-dir").arg(tmpfs);
+            } else {
+                cmd.arg("--no-huge-pages");
+            }
+            cmd
+        }
+        Vmm::Firecracker => peers::firecracker(
+            firecracker.context("FIRECRACKER_BIN")?,
+            &dir.join(format!("g{index}.json")),
+            &vsock,
+            MEMORY_MIB,
+        )?,
+        Vmm::Qemu => {
+            let mut cmd = brig_tests::vm::qemu_microvm(MEMORY_MIB, cid);
+            cmd.args(["-serial", "null"]);
+            cmd
+        }
+    };
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("start a VMM")?;
+    Ok(Guest { child, vsock, cid, vmm })
+}
+
+/// Waits until every guest of `batch` answers `Ping`.
+fn wait_ready(batch: &mut [Guest]) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut ready = vec![false; batch.len()];
+    while ready.iter().any(|r| !r) {
+        for (guest, ready) in batch.iter_mut().zip(ready.iter_mut()).filter(|(_, r)| !**r) {
+            if let Some(status) = guest.child.try_wait()? {
+                bail!("a {} guest exited early: {status}", guest.vmm.name());
+            }
+            *ready = guest.agent().and_then(peers::ping).is_ok();
+        }
+        if Instant::now() > deadline {
+            bail!("guests did not answer within {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn mem_available_kib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A `huge=within_size` tmpfs for every 2 MiB-page guest's RAM, as each jail mounts one.
+struct HugeTmpfs(PathBuf);
+
+impl HugeTmpfs {
+    fn mount(dir: &Scratch, mib: u64) -> Result<HugeTmpfs> {
+        let path = dir.join("memory");
+        std::fs::create_dir_all(&path)?;
+        let options = format!("size={mib}M,huge=within_size,mode=0700");
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &options, "brig-bench"]).arg(&path).status()?;
+        if !status.success() {
+            bail!("mount -t tmpfs -o {options} {}: {status}", path.display());
+        }
+        Ok(HugeTmpfs(path))
+    }
+}
+
+impl Drop for HugeTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn measure(vmm: Vmm, count: usize, firecracker: Option<&Path>) -> Result<()> {
+    let dir = Scratch::new("bench-density");
+    let tmpfs = HugeTmpfs::mount(&dir, (MEMORY_MIB + 2) * count as u64)?;
+    let before = mem_available_kib();
+    let started = Instant::now();
+    let mut guests: Vec<Guest> = Vec::new();
+    while guests.len() < count {
+        let first = guests.len();
+        for index in first..(first + BATCH).min(count) {
+            guests.push(start(vmm, dir.path(), &tmpfs.0, index, firecracker)?);
+        }
+        wait_ready(&mut guests[first..])?;
+    }
+    let booted = started.elapsed();
+    std::thread::sleep(Duration::from_secs(10));
+    let after = mem_available_kib();
+    let memory: Vec<_> = guests.iter().map(|g| brig_tests::proc::memory(g.child.id())).collect();
+    let n = memory.len() as u64;
+    let own = match vmm {
+        Vmm::BrigHuge | Vmm::BrigSmall | Vmm::Qemu => {
+            format!("{:>6} KiB", memory.iter().map(|m| m.own_kib).sum::<u64>() / n)
+        }
+        Vmm::Firecracker => "   n/a    ".to_owned(), // anonymous guest RAM: not separable
+    };
+    let guest = match vmm {
+        Vmm::Firecracker => memory.iter().map(|m| m.rss_kib).sum::<u64>(),
+        _ => memory.iter().map(|m| m.shmem_kib).sum::<u64>(),
+    } / n;
+    let taken = before.saturating_sub(after);
+    println!(
+        "density [{:<22}] {count} idle guests booted in {:>5.1} s; VMM own RSS per sandbox {own}; guest RAM \
+         resident per sandbox {:>4} MiB; host memory taken {:>5} MiB in all, {:>4} MiB per sandbox",
+        vmm.name(),
+        booted.as_secs_f64(),
+        guest >> 10,
+        taken >> 10,
+        (taken / n) >> 10
+    );
+    drop(guests);
+    drop(tmpfs);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let count = env("BRIG_DENSITY_COUNT", 50);
+    let firecracker = peers::firecracker_bin();
+    measure(Vmm::BrigHuge, count, None)?;
+    measure(Vmm::BrigSmall, count, None)?;
+    match &firecracker {
+        Some(bin) => measure(Vmm::Firecracker, count, Some(bin))?,
+        None => {
+            println!("density: FIRECRACKER_BIN is not set; the peer is QEMU");
+            measure(Vmm::Qemu, env("BRIG_DENSITY_QEMU", 10), None)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! What the benchmarks share: the agent's `Ping` as the mark of a booted guest, and
+//! Firecracker (when `FIRECRACKER_BIN` names one built by hand from its public
+//! repository; brig never builds it) booting brig's kernel and initramfs the way
+//! brig-vmm does.
+
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, Result};
+use brig_protocol::agent::PingRequest;
+use brig_protocol::agent_ttrpc::AgentClient;
+use brig_protocol::ttrpc::{self, context};
+
+use crate::vm::GUEST_CID;
+
+/// One `Ping` to the agent on `fd` (a connected vsock stream), answered within 2 s.
+pub fn ping(fd: OwnedFd) -> Result<()> {
+    let client = AgentClient::new(ttrpc::Client::new(fd.into_raw_fd()).map_err(|e| anyhow!("{e}"))?);
+    client.ping(context::with_timeout(2_000_000_000), &PingRequest::new()).map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// The Firecracker binary `FIRECRACKER_BIN` names, if it is set.
+pub fn firecracker_bin() -> Option<PathBuf> {
+    std::env::var_os("FIRECRACKER_BIN").map(PathBuf::from)
+}
+
+/// Firecracker without its API socket, configured as brig-vmm is (1 vCPU,
+/// `memory_mib`, a hybrid vsock at `vsock`, an entropy device, brig's kernel command
+/// line); its config file is written to `config`. The caller sets the standard streams.
+pub fn firecracker(bin: &Path, config: &Path, vsock: &Path, memory_mib: u64) -> Result<Command> {
+    let spec = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": crate::artifact("BRIG_GUEST_KERNEL"),
+            "initrd_path": crate::artifact("BRIG_GUEST_INITRAMFS"),
+            "boot_args": "console=ttyS0 quiet reboot=k panic=-1",
+        },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": memory_mib },
+        "vsock": { "guest_cid": GUEST_CID, "uds_path": vsock },
+        "entropy": {},
+        "drives": [],
+    });
+    std::fs::write(config, serde_json::to_vec(&spec)?)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--no-api").arg("--config-file").arg(config);
+    Ok(cmd)
+}
