@@ -12,7 +12,7 @@
 //! repository; brig never builds it.)
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -171,28 +171,6 @@ fn run_firecracker(firecracker: &Path, dir: &Scratch, run: usize) -> Result<Samp
     sample
 }
 
-/// A `huge=within_size` tmpfs for guest RAM, as brig's jail mounts one.
-struct HugeTmpfs(PathBuf);
-
-impl HugeTmpfs {
-    fn mount(dir: &Scratch) -> Result<HugeTmpfs> {
-        let path = dir.join("memory");
-        std::fs::create_dir_all(&path)?;
-        let options = format!("size={}M,huge=within_size,mode=0700", MEMORY_MIB + 2);
-        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &options, "brig-bench"]).arg(&path).status()?;
-        if !status.success() {
-            bail!("mount -t tmpfs -o {options} {}: {status}", path.display());
-        }
-        Ok(HugeTmpfs(path))
-    }
-}
-
-impl Drop for HugeTmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 fn median<T: Copy + PartialOrd>(values: impl Iterator<Item = T>) -> (T, T, T) {
     let mut v: Vec<T> = values.collect();
     v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
@@ -220,7 +198,7 @@ fn main() -> Result<()> {
     let runs: usize = std::env::var("BRIG_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
     let firecracker = peers::firecracker_bin();
     let dir = Scratch::new("bench-boot");
-    let tmpfs = HugeTmpfs::mount(&dir)?;
+    let tmpfs = peers::HugeTmpfs::mount(&dir, MEMORY_MIB + 2)?;
     let thp = |name: &str| std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{name}"));
     println!(
         "boot: test host THP enabled = {}, shmem_enabled = {}",

@@ -1,5 +1,6 @@
-//! Benchmark: where the time of `ctr run --rm IMAGE ID true` goes with brig, step by
-//! step, next to runc's whole run, in one test host. Each brig run's shim logs its
+//! Benchmark: where the time of `ctr run --rm IMAGE ID true` goes with brig (jailed,
+//! as always, and with `jail = false` in a second containerd), step by step, next to
+//! runc's whole run, in one test host. Each brig run's shim logs its
 //! start timeline when the task is deleted (shim/src/timeline.rs: one line in
 //! containerd's log); this reads it back and adds the two ends only `ctr` sees (from
 //! `ctr run` to the shim being up, and from the VM gone to `ctr` returning).
@@ -66,61 +67,87 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Each step's samples for one runtime setup, and its whole runs.
+#[derive(Default)]
+struct Samples {
+    steps: BTreeMap<&'static str, Vec<f64>>,
+    whole: Vec<f64>,
+    missing: usize,
+    guest_clock: usize,
+}
+
+impl Samples {
+    /// Runs `id` under brig in `containerd` and files its timeline.
+    fn run(&mut self, containerd: &Containerd, id: &str) {
+        let (at, took) = run(containerd, RUNTIME, id);
+        self.whole.push(ms(took));
+        let Some(timeline) = parse(&containerd.log(), id) else {
+            self.missing += 1;
+            return;
+        };
+        let to_shim = timeline.shim_up.duration_since(at).map(ms).unwrap_or(0.0);
+        self.steps.entry("shim_up").or_default().push(to_shim);
+        let mut seen = to_shim;
+        for (name, _) in STEPS {
+            if let Some(step) = timeline.steps.get(*name) {
+                self.steps.entry(name).or_default().push(*step);
+                seen += step;
+            }
+        }
+        self.guest_clock += usize::from(timeline.steps.contains_key("kernel_entry"));
+        self.steps.entry("ctr_exit").or_default().push(ms(took) - seen);
+    }
+
+    fn median(&self, step: &str) -> Option<f64> {
+        self.steps.get(step).cloned().and_then(median)
+    }
+}
+
 fn main() {
     brig_tests::require_kvm_host();
     let runs = std::env::var("BRIG_START_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10usize);
     let containerd = Containerd::start();
+    let unjailed = Containerd::start_with_brig_config("jail = false\n");
     // Warm-up: the first brig run builds the rootfs image, the first runc run warms its caches.
     run(&containerd, RUNTIME, "warm-brig");
+    run(&unjailed, RUNTIME, "warm-open");
     run(&containerd, "io.containerd.runc.v2", "warm-runc");
 
-    let mut columns: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let (mut brig, mut runc, mut missing) = (Vec::new(), Vec::new(), 0);
+    let (mut jailed, mut open, mut runc) = (Samples::default(), Samples::default(), Vec::new());
     for i in 0..runs {
-        let id = format!("start-{i}");
-        let (at, took) = run(&containerd, RUNTIME, &id);
-        brig.push(ms(took));
+        jailed.run(&containerd, &format!("start-{i}"));
+        open.run(&unjailed, &format!("open-{i}"));
         runc.push(ms(run(&containerd, "io.containerd.runc.v2", &format!("runc-{i}")).1));
-        let Some(timeline) = parse(&containerd.log(), &id) else {
-            missing += 1;
-            continue;
-        };
-        let to_shim = timeline.shim_up.duration_since(at).map(ms).unwrap_or(0.0);
-        columns.entry("shim_up").or_default().push(to_shim);
-        let mut seen = to_shim;
-        for (name, _) in STEPS {
-            if let Some(step) = timeline.steps.get(*name) {
-                columns.entry(name).or_default().push(*step);
-                seen += step;
-            }
-        }
-        columns.entry("ctr_exit").or_default().push(ms(took) - seen);
     }
 
-    println!("ctr run --rm {IMAGE} ID true, {runs} runs each (brig and runc interleaved), in the test host:");
-    println!("  {:<14} {:>9}  (from the step before)", "step", "median");
+    println!("ctr run --rm {IMAGE} ID true, {runs} runs each (interleaved), in the test host; medians:");
+    println!("  {:<14} {:>9} {:>12}  (from the step before)", "step", "jailed", "jail = false");
     let mut rows = vec![("shim_up", "ctr run, containerd starts the shim")];
     rows.extend_from_slice(STEPS);
     rows.push(("ctr_exit", "containerd shuts the shim down, ctr returns"));
-    let mut sum = 0.0;
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |m| format!("{m:.0}ms"));
+    let (mut sum_jailed, mut sum_open) = (0.0, 0.0);
     for (name, what) in rows {
-        match columns.get(name).cloned().and_then(median) {
-            Some(m) => {
-                sum += m;
-                println!("  {name:<14} {m:>7.0}ms  {what}");
-            }
-            None => println!("  {name:<14} {:>9}  {what}", "-"),
+        let (j, o) = (jailed.median(name), open.median(name));
+        sum_jailed += j.unwrap_or(0.0);
+        sum_open += o.unwrap_or(0.0);
+        println!("  {name:<14} {:>9} {:>12}  {what}", cell(j), cell(o));
+    }
+    println!("  {:<14} {:>9} {:>12}  (sum of the medians)", "all steps", cell(Some(sum_jailed)), cell(Some(sum_open)));
+    let whole = |s: &Samples| median(s.whole.clone()).unwrap_or(0.0);
+    let (j, o, r) = (whole(&jailed), whole(&open), median(runc).unwrap_or(0.0));
+    println!("  {:<14} {:>9} {:>12}  io.containerd.brig.v2, whole run", "brig", cell(Some(j)), cell(Some(o)));
+    println!("  {:<14} {:>9} {:>12}  io.containerd.runc.v2, whole run", "runc", cell(Some(r)), "");
+    println!("  brig / runc (median): {:.2}x jailed, {:.2}x with jail = false", j / r, o / r);
+    for (name, s) in [("jailed", &jailed), ("jail = false", &open)] {
+        if s.missing > 0 {
+            println!("  ({name}: {} of {runs} runs logged no timeline in containerd's log)", s.missing);
         }
-    }
-    let (b, r) = (median(brig).unwrap_or(0.0), median(runc).unwrap_or(0.0));
-    println!("  {:<14} {sum:>7.0}ms  (sum of the medians)", "all steps");
-    println!("  {:<14} {b:>7.0}ms  io.containerd.brig.v2, whole run (median)", "brig");
-    println!("  {:<14} {r:>7.0}ms  io.containerd.runc.v2, whole run (median)", "runc");
-    println!("  brig / runc (median): {:.2}x", b / r);
-    if missing > 0 {
-        println!("  ({missing} of {runs} brig runs logged no timeline: containerd's log has no line for them)");
-    }
-    if columns.get("kernel_entry").map_or(0, Vec::len) < runs - missing {
-        println!("  (in some runs the guest's clock did not fit the host's: kernel_entry/init left out there)");
+        if s.guest_clock < runs - s.missing {
+            println!(
+                "  ({name}: in {} runs the guest's clock did not fit the host's: no kernel_entry/init)",
+                runs - s.missing - s.guest_clock
+            );
+        }
     }
 }

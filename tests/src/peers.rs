@@ -1,5 +1,5 @@
-//! What the benchmarks share: the agent's `Ping` as the mark of a booted guest, and
-//! Firecracker (when `FIRECRACKER_BIN` names one built by hand from its public
+//! What the benchmarks share: the agent's `Ping` as the mark of a booted guest, a
+//! huge-page tmpfs for guest RAM as brig's jail mounts one, and Firecracker (when `FIRECRACKER_BIN` names one built by hand from its public
 //! repository; brig never builds it) booting brig's kernel and initramfs the way
 //! brig-vmm does.
 
@@ -7,11 +7,12 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use brig_protocol::agent::PingRequest;
 use brig_protocol::agent_ttrpc::AgentClient;
 use brig_protocol::ttrpc::{self, context};
 
+use crate::scratch::Scratch;
 use crate::vm::GUEST_CID;
 
 /// One `Ping` to the agent on `fd` (a connected vsock stream), answered within 2 s.
@@ -45,4 +46,28 @@ pub fn firecracker(bin: &Path, config: &Path, vsock: &Path, memory_mib: u64) -> 
     let mut cmd = Command::new(bin);
     cmd.arg("--no-api").arg("--config-file").arg(config);
     Ok(cmd)
+}
+
+/// A `huge=within_size` tmpfs of `mib` MiB for guest RAM (brig-vmm's `--memory-dir`),
+/// as brig's jail mounts one; unmounted when dropped.
+#[derive(Debug)]
+pub struct HugeTmpfs(pub PathBuf);
+
+impl HugeTmpfs {
+    pub fn mount(dir: &Scratch, mib: u64) -> Result<HugeTmpfs> {
+        let path = dir.join("memory");
+        std::fs::create_dir_all(&path)?;
+        let options = format!("size={mib}M,huge=within_size,mode=0700");
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &options, "brig-bench"]).arg(&path).status()?;
+        if !status.success() {
+            bail!("mount -t tmpfs -o {options} {}: {status}", path.display());
+        }
+        Ok(HugeTmpfs(path))
+    }
+}
+
+impl Drop for HugeTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
