@@ -1,7 +1,7 @@
 //! `cargo xtask kvm-host` itself: the command runs where KVM can boot Linux, its
 //! output and exit status come back, the work tree is shared read-write, a hang
 //! ends at the timeout with the test host's console tail, and a test host whose
-//! heartbeat stops is reported as wedged.
+//! heartbeat stops, or that does not boot, is reported as wedged.
 //!
 //! One test, run in sequence: each case boots a test host (~5 s).
 
@@ -87,6 +87,16 @@ fn runs_commands_where_kvm_can_boot_linux() {
         assert_eq!(out.status.code(), Some(125), "{stderr}");
         assert!(start.elapsed() < Duration::from_secs(120), "took {:?}", start.elapsed());
         assert!(stderr.contains("the test host is wedged (no heartbeat for"), "{stderr}");
+        assert!(stderr.contains("CPU#0") && stderr.contains("RIP="), "the vCPUs' registers are printed: {stderr}");
+
+        // A test host that does not come up is called wedged in boot (125), not left
+        // to the command's timeout: no test host boots in one second under TCG.
+        let start = Instant::now();
+        let out = kvm_host_with_env(&["--timeout", "300", "--", "true"], &[("BRIG_KVM_HOST_BOOT_SECS", "1")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+        assert!(stderr.contains("the test host is wedged in boot (not up after 1s"), "{stderr}");
         assert!(stderr.contains("CPU#0") && stderr.contains("RIP="), "the vCPUs' registers are printed: {stderr}");
     }
 }

@@ -49,6 +49,11 @@ const CONSOLE_TAIL: usize = 40;
 /// before kvm-host calls it wedged: an emulator hang, not a slow test.
 /// `BRIG_KVM_HOST_HEARTBEAT_SECS` overrides it (kvm-host's own test does).
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(120);
+/// How long the test host may take to boot (write `ready`) before kvm-host calls it
+/// wedged in boot. It boots in 13–17 s in CI; CI once saw it sit at boot with both vCPUs
+/// spinning with IF=0 (ADR 006), which the heartbeat, written only after boot, cannot see.
+/// `BRIG_KVM_HOST_BOOT_SECS` overrides it (kvm-host's own test does).
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
 /// The test host's CPU: QEMU's `max` (svm, npt, xsave). `max,la57=off,vgif=off` was
 /// tried against the test host's wedges and made brig's guests fail instead (ADR 006).
@@ -242,6 +247,10 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(HEARTBEAT_LIMIT, Duration::from_secs);
+    let boot_limit = std::env::var("BRIG_KVM_HOST_BOOT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(BOOT_LIMIT, Duration::from_secs);
     let start = Instant::now();
     let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
     let mut booted = false;
@@ -259,15 +268,22 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
                 );
             }
         }
-        let silent = booted.then(|| heartbeat_age(&run_dir)).flatten().filter(|age| *age > heartbeat_limit);
-        if start.elapsed() > opts.timeout || silent.is_some() {
-            let why = match silent {
-                Some(age) => format!(
+        let wedged = if booted {
+            heartbeat_age(&run_dir).filter(|age| *age > heartbeat_limit).map(|age| {
+                format!(
                     "the test host is wedged (no heartbeat for {}s: its clock stopped, see docs/testing.md)",
                     age.as_secs()
-                ),
-                None => format!("the command did not finish within {}s", opts.timeout.as_secs()),
-            };
+                )
+            })
+        } else {
+            (start.elapsed() > boot_limit).then(|| {
+                format!("the test host is wedged in boot (not up after {}s, see docs/testing.md)", boot_limit.as_secs())
+            })
+        };
+        if start.elapsed() > opts.timeout || wedged.is_some() {
+            let failed = wedged.is_some();
+            let why =
+                wedged.unwrap_or_else(|| format!("the command did not finish within {}s", opts.timeout.as_secs()));
             let cpus = monitor(&run_dir.join("monitor.sock"), &["info cpus", "info registers -a"]);
             child.kill()?;
             child.wait()?;
@@ -276,7 +292,7 @@ fn run_nested(argv: &[String], opts: &Options) -> Result<Outcome> {
                 console.display(),
                 progress::tail(&console, CONSOLE_TAIL)
             );
-            return Ok(if silent.is_some() { Outcome::HostFailed } else { Outcome::TimedOut });
+            return Ok(if failed { Outcome::HostFailed } else { Outcome::TimedOut });
         }
         std::thread::sleep(Duration::from_millis(50));
     };
