@@ -11,16 +11,14 @@
 //! numbers, asserts nothing about them. (Firecracker is built by hand from its public
 //! repository; brig never builds it.)
 
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use brig_tests::peers;
+use brig_tests::peers::{self, AgentAddr};
 use brig_tests::scratch::Scratch;
-use brig_tests::vm::{hybrid_connect, GUEST_CID};
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+use brig_tests::vm::GUEST_CID;
 
 const MEMORY_MIB: u64 = 128;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,13 +41,7 @@ enum Ram {
 
 /// Polls until the agent answers, then samples the memory of the VMM `vmm` (the
 /// child itself, or the brig-vmm a jailer runs).
-fn wait_ready(
-    child: &mut Child,
-    vmm: u32,
-    ram: Ram,
-    start: Instant,
-    mut try_connect: impl FnMut() -> Result<OwnedFd>,
-) -> Result<Sample> {
+fn wait_ready(child: &mut Child, vmm: u32, ram: Ram, start: Instant, agent: &AgentAddr) -> Result<Sample> {
     loop {
         if let Some(status) = child.try_wait()? {
             bail!("the VMM exited early: {status}");
@@ -57,23 +49,19 @@ fn wait_ready(
         if start.elapsed() > READY_TIMEOUT {
             bail!("the agent did not answer within {READY_TIMEOUT:?}");
         }
-        if let Ok(fd) = try_connect() {
-            if peers::ping(fd).is_ok() {
-                let ready = start.elapsed();
-                std::thread::sleep(Duration::from_millis(200)); // let the guest settle before sampling
-                let memory = brig_tests::proc::memory(vmm);
-                return Ok(match ram {
-                    Ram::Shared => Sample {
-                        ready,
-                        own_kib: Some(memory.own_kib),
-                        guest_kib: memory.shmem_kib,
-                        huge_kib: memory.huge_kib,
-                    },
-                    Ram::Anonymous => {
-                        Sample { ready, own_kib: None, guest_kib: memory.rss_kib, huge_kib: memory.huge_kib }
-                    }
-                });
-            }
+        if agent.answers() {
+            let ready = start.elapsed();
+            std::thread::sleep(Duration::from_millis(200)); // let the guest settle before sampling
+            let memory = brig_tests::proc::memory(vmm);
+            return Ok(match ram {
+                Ram::Shared => Sample {
+                    ready,
+                    own_kib: Some(memory.own_kib),
+                    guest_kib: memory.shmem_kib,
+                    huge_kib: memory.huge_kib,
+                },
+                Ram::Anonymous => Sample { ready, own_kib: None, guest_kib: memory.rss_kib, huge_kib: memory.huge_kib },
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -108,7 +96,7 @@ fn run_brig(dir: &Scratch, memory_dir: Option<&Path>) -> Result<Sample> {
         .spawn()
         .context("start brig-vmm")?;
     let pid = child.id();
-    let sample = wait_ready(&mut child, pid, Ram::Shared, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
+    let sample = wait_ready(&mut child, pid, Ram::Shared, start, &AgentAddr::Hybrid(vsock));
     stop(child);
     sample
 }
@@ -121,9 +109,7 @@ fn run_brig_jailed(dir: &Scratch, run: usize) -> Result<Sample> {
     let start = Instant::now();
     let mut jailed = brig_tests::jail::start(spec, Stdio::null())?;
     let vsock = jailed.vsock();
-    let sample = wait_ready(&mut jailed.jailer, jailed.vmm_pid, Ram::Shared, start, || {
-        Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?))
-    });
+    let sample = wait_ready(&mut jailed.jailer, jailed.vmm_pid, Ram::Shared, start, &AgentAddr::Hybrid(vsock));
     jailed.remove()?;
     sample
 }
@@ -142,11 +128,7 @@ fn run_qemu(cid: u32, ram: Ram) -> Result<Sample> {
         .spawn()
         .context("start qemu-system-x86_64")?;
     let pid = child.id();
-    let sample = wait_ready(&mut child, pid, ram, start, || {
-        let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(cid, 1024))?;
-        Ok(fd)
-    });
+    let sample = wait_ready(&mut child, pid, ram, start, &AgentAddr::Vsock(cid));
     stop(child);
     sample
 }
@@ -165,8 +147,7 @@ fn run_firecracker(firecracker: &Path, dir: &Scratch, run: usize) -> Result<Samp
         .spawn()
         .with_context(|| format!("start {}", firecracker.display()))?;
     let pid = child.id();
-    let sample =
-        wait_ready(&mut child, pid, Ram::Anonymous, start, || Ok(OwnedFd::from(hybrid_connect(&vsock, 1024)?)));
+    let sample = wait_ready(&mut child, pid, Ram::Anonymous, start, &AgentAddr::Hybrid(vsock));
     stop(child);
     sample
 }

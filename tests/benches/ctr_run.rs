@@ -6,19 +6,12 @@
 //! `memory.max` must allow). Run by `cargo xtask bench ctr`; prints numbers,
 //! asserts nothing about them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use brig_tests::containerd::{shim_pid, Containerd, IMAGE, RUNTIME};
+use brig_tests::ms;
 
 const RUNS: usize = 10;
-
-fn time_run(containerd: &Containerd, runtime: &str, id: &str) -> Duration {
-    let start = Instant::now();
-    let out = containerd.ctr(&["run", "--rm", "--runtime", runtime, IMAGE, id, "true"]);
-    let took = start.elapsed();
-    containerd.assert_ok(&out);
-    took
-}
 
 fn summary(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     samples.sort();
@@ -30,15 +23,15 @@ fn main() {
     let containerd = Containerd::start();
     let unjailed = Containerd::start_with_brig_config("jail = false\n");
     // Warm-up: the first brig run builds the rootfs image, the first runc run warms its caches.
-    time_run(&containerd, RUNTIME, "warm-brig");
-    time_run(&unjailed, RUNTIME, "warm-open");
-    time_run(&containerd, "io.containerd.runc.v2", "warm-runc");
+    containerd.time_run(RUNTIME, "warm-brig");
+    unjailed.time_run(RUNTIME, "warm-open");
+    containerd.time_run("io.containerd.runc.v2", "warm-runc");
 
     let (mut brig, mut open, mut runc) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..RUNS {
-        brig.push(time_run(&containerd, RUNTIME, &format!("brig-{i}")));
-        open.push(time_run(&unjailed, RUNTIME, &format!("open-{i}")));
-        runc.push(time_run(&containerd, "io.containerd.runc.v2", &format!("runc-{i}")));
+        brig.push(containerd.time_run(RUNTIME, &format!("brig-{i}")));
+        open.push(unjailed.time_run(RUNTIME, &format!("open-{i}")));
+        runc.push(containerd.time_run("io.containerd.runc.v2", &format!("runc-{i}")));
     }
     println!("ctr run --rm {IMAGE} ID true, {RUNS} runs each (interleaved), in the test host:");
     println!("  {:<32} {:>10} {:>10} {:>10}", "runtime", "min", "median", "max");
@@ -105,8 +98,4 @@ fn sandbox_cgroup(pid: u32) -> Option<std::path::PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.trim().strip_prefix("0::/")?;
     Some(std::path::Path::new("/sys/fs/cgroup").join(path))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

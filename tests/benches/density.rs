@@ -15,16 +15,14 @@
 //! (the emulated test host slows as idle guests pile up) ends that VMM's ramp; the
 //! line says so, and the guests already up are measured.
 
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use brig_tests::peers;
+use brig_tests::peers::{self, AgentAddr};
 use brig_tests::scratch::Scratch;
-use brig_tests::vm::{hybrid_connect, GUEST_CID};
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+use brig_tests::vm::GUEST_CID;
 
 const MEMORY_MIB: u64 = 128;
 const BATCH: usize = 5;
@@ -51,20 +49,8 @@ impl Vmm {
 
 struct Guest {
     child: Child,
-    vsock: PathBuf,
-    cid: u32,
+    agent: AgentAddr,
     vmm: Vmm,
-}
-
-impl Guest {
-    fn agent(&self) -> Result<OwnedFd> {
-        if self.vmm == Vmm::Qemu {
-            let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-            connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(self.cid, 1024))?;
-            return Ok(fd);
-        }
-        Ok(OwnedFd::from(hybrid_connect(&self.vsock, 1024)?))
-    }
 }
 
 impl Drop for Guest {
@@ -108,7 +94,8 @@ fn start(vmm: Vmm, dir: &Path, tmpfs: &Path, index: usize, firecracker: Option<&
         }
     };
     let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("start a VMM")?;
-    Ok(Guest { child, vsock, cid, vmm })
+    let agent = if vmm == Vmm::Qemu { AgentAddr::Vsock(cid) } else { AgentAddr::Hybrid(vsock) };
+    Ok(Guest { child, agent, vmm })
 }
 
 /// Waits until every guest of `batch` (guest `first` onwards) answers `Ping`. A guest
@@ -132,7 +119,7 @@ fn wait_ready(batch: &mut [Guest], first: usize, mut restart: impl FnMut(usize) 
                 *guest = restart(first + i)?;
                 continue;
             }
-            *ready = guest.agent().and_then(peers::ping).is_ok();
+            *ready = guest.agent.answers();
         }
         if Instant::now() > deadline {
             bail!("guests did not answer within {READY_TIMEOUT:?}");

@@ -8,9 +8,10 @@
 //! start`; prints the median of each step, asserts nothing about them.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use brig_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use brig_tests::ms;
 
 /// The steps the shim logs, in order, with what each one covers (from the step before).
 const STEPS: &[(&str, &str)] = &[
@@ -55,18 +56,6 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     values.get(values.len() / 2).copied()
 }
 
-fn run(containerd: &Containerd, runtime: &str, id: &str) -> (SystemTime, Duration) {
-    let (at, start) = (SystemTime::now(), Instant::now());
-    let out = containerd.ctr(&["run", "--rm", "--runtime", runtime, IMAGE, id, "true"]);
-    let took = start.elapsed();
-    containerd.assert_ok(&out);
-    (at, took)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// Each step's samples for one runtime setup, and its whole runs.
 #[derive(Default)]
 struct Samples {
@@ -79,7 +68,8 @@ struct Samples {
 impl Samples {
     /// Runs `id` under brig in `containerd` and files its timeline.
     fn run(&mut self, containerd: &Containerd, id: &str) {
-        let (at, took) = run(containerd, RUNTIME, id);
+        let at = SystemTime::now();
+        let took = containerd.time_run(RUNTIME, id);
         self.whole.push(ms(took));
         let Some(timeline) = parse(&containerd.log(), id) else {
             self.missing += 1;
@@ -109,15 +99,15 @@ fn main() {
     let containerd = Containerd::start();
     let unjailed = Containerd::start_with_brig_config("jail = false\n");
     // Warm-up: the first brig run builds the rootfs image, the first runc run warms its caches.
-    run(&containerd, RUNTIME, "warm-brig");
-    run(&unjailed, RUNTIME, "warm-open");
-    run(&containerd, "io.containerd.runc.v2", "warm-runc");
+    containerd.time_run(RUNTIME, "warm-brig");
+    unjailed.time_run(RUNTIME, "warm-open");
+    containerd.time_run("io.containerd.runc.v2", "warm-runc");
 
     let (mut jailed, mut open, mut runc) = (Samples::default(), Samples::default(), Vec::new());
     for i in 0..runs {
         jailed.run(&containerd, &format!("start-{i}"));
         open.run(&unjailed, &format!("open-{i}"));
-        runc.push(ms(run(&containerd, "io.containerd.runc.v2", &format!("runc-{i}")).1));
+        runc.push(ms(containerd.time_run("io.containerd.runc.v2", &format!("runc-{i}"))));
     }
 
     println!("ctr run --rm {IMAGE} ID true, {runs} runs each (interleaved), in the test host; medians:");

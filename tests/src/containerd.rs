@@ -158,6 +158,16 @@ impl Containerd {
         self.command(args).output().expect("ctr runs")
     }
 
+    /// The wall time of `ctr run --rm --runtime RUNTIME IMAGE ID true`, which must succeed
+    /// (the benchmarks' unit of work).
+    pub fn time_run(&self, runtime: &str, id: &str) -> Duration {
+        let start = Instant::now();
+        let out = self.ctr(&["run", "--rm", "--runtime", runtime, IMAGE, id, "true"]);
+        let took = start.elapsed();
+        self.assert_ok(&out);
+        took
+    }
+
     /// `ctr run --rm --runtime io.containerd.brig.v2 IMAGE ID ARGS…`.
     pub fn run(&self, id: &str, args: &[&str]) -> Output {
         self.run_with(&["--rm"], id, args)

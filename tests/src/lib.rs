@@ -42,3 +42,8 @@ pub fn artifact(var: &str) -> std::path::PathBuf {
     assert!(path.exists(), "{var}={} does not exist", path.display());
     path
 }
+
+/// `d` in milliseconds, as the benchmarks print it.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -3,7 +3,7 @@
 //! repository; brig never builds it) booting brig's kernel and initramfs the way
 //! brig-vmm does.
 
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,9 +11,41 @@ use anyhow::{anyhow, bail, Result};
 use brig_protocol::agent::PingRequest;
 use brig_protocol::agent_ttrpc::AgentClient;
 use brig_protocol::ttrpc::{self, context};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 
 use crate::scratch::Scratch;
 use crate::vm::GUEST_CID;
+
+/// Where a benchmarked guest's agent listens (port 1024).
+#[derive(Debug, Clone)]
+pub enum AgentAddr {
+    /// A hybrid-vsock unix socket (brig-vmm, Firecracker): `CONNECT 1024`.
+    Hybrid(PathBuf),
+    /// The host kernel's vsock (QEMU's vhost-vsock), at this guest CID.
+    Vsock(u32),
+}
+
+impl AgentAddr {
+    /// A stream connected to the agent.
+    pub fn connect(&self) -> Result<OwnedFd> {
+        match self {
+            AgentAddr::Hybrid(path) => Ok(OwnedFd::from(crate::vm::hybrid_connect(path, AGENT_PORT)?)),
+            AgentAddr::Vsock(cid) => {
+                let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+                connect(fd.as_raw_fd(), &VsockAddr::new(*cid, AGENT_PORT))?;
+                Ok(fd)
+            }
+        }
+    }
+
+    /// Whether the agent answers one `Ping` now.
+    pub fn answers(&self) -> bool {
+        self.connect().and_then(ping).is_ok()
+    }
+}
+
+/// The agent's vsock port.
+const AGENT_PORT: u32 = 1024;
 
 /// One `Ping` to the agent on `fd` (a connected vsock stream), answered within 2 s.
 pub fn ping(fd: OwnedFd) -> Result<()> {
