@@ -1,7 +1,7 @@
 //! brig-vmm's per-thread seccomp filters (docs/seccomp.md).
 //!
 //! brig-vmm runs two kinds of threads ([`ThreadKind`]). The main thread builds the VM,
-//! starts the vCPU threads, then runs the event loop: virtio devices (block, rng, the
+//! starts the vCPU threads, then runs the event loop: virtio devices (block, net, rng, the
 //! hybrid vsock's host sockets), VM events, termination signals, and the control
 //! socket, which is served on this same thread (sandbox-vmm/src/vmm.rs). Each vCPU
 //! thread runs `KVM_RUN` and the port-I/O and MMIO exits it returns: the serial
@@ -39,6 +39,7 @@ use kvm_bindings::{
 use libc::{
     AF_UNIX, FIONBIO, FUTEX_CLOCK_REALTIME, FUTEX_PRIVATE_FLAG, FUTEX_WAIT, FUTEX_WAIT_BITSET, FUTEX_WAKE,
     F_DUPFD_CLOEXEC, F_GETFD, MADV_DONTNEED, PROT_EXEC, SEEK_DATA, SEEK_HOLE, SIGABRT, SOL_SOCKET, SO_SNDTIMEO,
+    TUNSETOFFLOAD,
 };
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -279,7 +280,10 @@ fn common() -> Vec<Allowed> {
         any(libc::SYS_rt_sigreturn, "returns from a signal handler (the vCPU kick)"),
         any(libc::SYS_sched_yield, "std's channels back off under contention"),
         any(libc::SYS_sigaltstack, "std removes a thread's signal stack when the thread ends"),
-        any(libc::SYS_write, "the log on stderr, eventfds (interrupts, wake-ups), the SIGSYS report"),
+        any(
+            libc::SYS_write,
+            "the log on stderr, eventfds (interrupts, wake-ups), the SIGSYS report; virtio-net's tap (main thread)",
+        ),
     ]
 }
 
@@ -327,7 +331,7 @@ fn main_thread() -> Vec<Allowed> {
         ),
         any(libc::SYS_pread64, "virtio-blk reads"),
         any(libc::SYS_pwrite64, "virtio-blk writes"),
-        any(libc::SYS_read, "eventfds (queue notifications, VM events), the signalfd, /proc files"),
+        any(libc::SYS_read, "eventfds (queue notifications, VM events), the signalfd, /proc files, virtio-net's tap"),
         any(libc::SYS_readlinkat, "procfs resolves /proc/self"),
         any(
             libc::SYS_recvmsg,
@@ -375,6 +379,7 @@ fn vcpu_thread() -> Vec<Allowed> {
         named!(KVM_GET_MP_STATE),
         named!(KVM_GET_VCPU_EVENTS),
         named!(KVM_GET_XCRS),
+        named!(TUNSETOFFLOAD),
     ];
     let mut allowed = common();
     allowed.extend([
@@ -395,7 +400,8 @@ fn vcpu_thread() -> Vec<Allowed> {
         with(
             libc::SYS_ioctl,
             one_of(REQUEST, requests),
-            "`KVM_RUN`; save-state and a failed vCPU's report read its registers and state",
+            "`KVM_RUN`; save-state and a failed vCPU's report read its registers and state; virtio-net's \
+             activation tells its tap which checksum offload the guest accepted",
         ),
         with(libc::SYS_tgkill, one_of(Arg { index: 2, name: "sig" }, vec![named!(SIGABRT)]), "`abort()` on a panic"),
     ]);

@@ -23,6 +23,7 @@ use crate::devices::console::Console;
 use crate::devices::legacy::{self, ResetTrigger, SerialDevice, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, TransportError, QUEUE_NOTIFY};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
@@ -57,6 +58,8 @@ pub enum BuildError {
     #[error(transparent)]
     Vsock(#[from] VsockError),
     #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -87,6 +90,9 @@ pub fn build(config: VmConfig) -> Result<Vmm, BuildError> {
 }
 
 fn build_inner(config: VmConfig) -> Result<Vmm, BuildError> {
+    // The inherited taps first, before brig-vmm opens descriptors of its own: a
+    // tap_fd that was not passed is then reported as such, never taken for one of them.
+    let nets = config.net.iter().map(Net::new).collect::<Result<Vec<_>, _>>()?;
     let kvm = kvm::open()?;
     let ram = memory::create(&config.machine)?;
     match &ram.pages {
@@ -127,6 +133,9 @@ fn build_inner(config: VmConfig) -> Result<Vmm, BuildError> {
     }
     if config.rng {
         virtio.push(Box::new(Rng::new().map_err(BuildError::Rng)?));
+    }
+    for net in nets {
+        virtio.push(Box::new(net));
     }
     let mut devices = DeviceEvents::new().map_err(BuildError::Fd)?;
     let mut mmio_bus = Bus::default();

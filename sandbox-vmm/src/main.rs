@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use brig_vmm::builder;
-use brig_vmm::config::{BlockConfig, BootConfig, MachineConfig, VmConfig, VsockConfig};
+use brig_vmm::config::{
+    BlockConfig, BootConfig, MacAddr, MachineConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_MTU,
+};
 use brig_vmm::seccomp::{install_sigsys_handler, Seccomp};
 use brig_vmm::vmm::{error_chain, ExitReason};
 use clap::Parser;
@@ -59,6 +61,10 @@ struct Cli {
     /// A virtio-rng device.
     #[arg(long)]
     rng: bool,
+    /// A virtio-net device on an inherited tap descriptor (IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR); repeat for more.
+    #[arg(long, value_name = "tap-fd=N,mac=MAC[,mtu=N]", value_parser = parse_net)]
+    net: Vec<NetConfig>,
     /// The control socket (created mode 0600; the path must not exist).
     #[arg(long, value_name = "SOCKET")]
     api_socket: Option<PathBuf>,
@@ -163,6 +169,7 @@ impl Cli {
                 vsock: None,
                 block: Vec::new(),
                 rng: false,
+                net: Vec::new(),
                 api_socket: None,
             },
             (None, None) => return Err("--kernel (or --config) is required".into()),
@@ -184,6 +191,7 @@ impl Cli {
         config.vsock = self.vsock.or(config.vsock);
         config.block.extend(self.block);
         config.rng |= self.rng;
+        config.net.extend(self.net);
         config.api_socket = self.api_socket.or(config.api_socket);
         Ok(config)
     }
@@ -210,6 +218,26 @@ fn parse_vsock(spec: &str) -> Result<VsockConfig, String> {
     match (cid, path) {
         (Some(guest_cid), Some(uds_path)) => Ok(VsockConfig { guest_cid, uds_path }),
         _ => Err("--vsock needs cid=N,path=SOCKET".into()),
+    }
+}
+
+fn parse_net(spec: &str) -> Result<NetConfig, String> {
+    let (mut fd, mut mac, mut mtu) = (None, None, u64::from(DEFAULT_MTU));
+    for (key, value) in pairs(spec) {
+        match (key, value) {
+            ("tap-fd", Some(v)) => fd = Some(number("--net tap-fd", v)?),
+            ("mac", Some(v)) => mac = Some(v.parse::<MacAddr>().map_err(|e| format!("--net {e}"))?),
+            ("mtu", Some(v)) => mtu = number("--net mtu", v)?,
+            _ => return Err(format!("--net: unknown part `{key}` (expected tap-fd=N,mac=MAC[,mtu=N])")),
+        }
+    }
+    match (fd, mac) {
+        (Some(fd), Some(mac)) => Ok(NetConfig {
+            tap_fd: i32::try_from(fd).map_err(|_| format!("--net tap-fd {fd} is not a descriptor"))?,
+            mac,
+            mtu: u16::try_from(mtu).map_err(|_| format!("--net mtu {mtu} is more than 65535"))?,
+        }),
+        _ => Err("--net needs tap-fd=N,mac=MAC".into()),
     }
 }
 
@@ -242,7 +270,8 @@ mod tests {
     fn flags_build_a_config() {
         let config = parse(
             "--kernel /k --vcpus 2 --memory 256 --vsock cid=3,path=/tmp/v.sock \
-             --block path=/d.img,ro,serial=root --block path=/e.img --rng",
+             --block path=/d.img,ro,serial=root --block path=/e.img --rng \
+             --net tap-fd=5,mac=02:00:00:00:00:01 --net tap-fd=6,mac=02:00:00:00:00:02,mtu=9000",
         )
         .expect("parse");
         assert_eq!(config.machine, MachineConfig::new(2, 256));
@@ -251,6 +280,13 @@ mod tests {
         assert!(config.block[0].read_only && !config.block[1].read_only);
         assert_eq!(config.block[0].serial.as_deref(), Some("root"));
         assert!(config.rng);
+        assert_eq!(
+            config.net,
+            [
+                NetConfig { tap_fd: 5, mac: MacAddr([2, 0, 0, 0, 0, 1]), mtu: 1500 },
+                NetConfig { tap_fd: 6, mac: MacAddr([2, 0, 0, 0, 0, 2]), mtu: 9000 },
+            ]
+        );
         let small = parse("--kernel /k --memory-dir /memory --no-huge-pages").expect("parse");
         assert_eq!(small.machine.memory_dir.as_deref(), Some(std::path::Path::new("/memory")));
         assert!(!small.machine.huge_pages);
@@ -262,6 +298,11 @@ mod tests {
         assert!(err.contains("invalid value 'two' for '--vcpus <N>'"), "{err}");
         assert!(parse("--kernel /k --block ro").expect_err("bad").contains("path=IMAGE"));
         assert!(parse("--kernel /k --vsock cid=3").expect_err("bad").contains("cid=N,path=SOCKET"));
+        assert!(parse("--kernel /k --net tap-fd=5").expect_err("bad").contains("tap-fd=N,mac=MAC"));
+        assert!(parse("--kernel /k --net tap-fd=5,mac=02:00").expect_err("bad").contains("is not a MAC address"));
+        assert!(parse("--kernel /k --net tap-fd=5,mac=02:00:00:00:00:01,mtu=70000")
+            .expect_err("bad")
+            .contains("more than 65535"));
         assert!(parse("--frob").expect_err("bad").contains("unexpected argument '--frob'"));
         assert_eq!(parse("--vcpus 2").expect_err("no kernel"), "--kernel (or --config) is required");
     }
@@ -283,6 +324,7 @@ mod tests {
             "--vsock",
             "--block",
             "--rng",
+            "--net",
             "--api-socket",
             "--log-level",
             "--no-seccomp",

@@ -92,6 +92,7 @@ pub fn vm_config(config: &Config, paths: &VmPaths, size: Size) -> VmConfig {
         vsock: Some(VsockConfig { guest_cid: GUEST_CID, uds_path: paths.vsock.clone() }),
         block: vec![BlockConfig { path: paths.rootfs.clone(), read_only: true, serial: Some(ROOTFS_SERIAL.into()) }],
         rng: true,
+        net: Vec::new(),
         api_socket: Some(paths.api.clone()),
     }
 }

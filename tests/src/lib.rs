@@ -11,6 +11,7 @@
 pub mod container;
 pub mod containerd;
 pub mod jail;
+pub mod net;
 pub mod oci;
 pub mod peers;
 pub mod proc;

@@ -29,6 +29,9 @@ pub struct VmSpec {
     pub rng: bool,
     pub vsock: bool,
     pub api: bool,
+    /// `--net` specs (`tap-fd=N,mac=MAC[,mtu=N]`): the descriptor must be open, without
+    /// close-on-exec, in the test ([`crate::net::HostTap`]).
+    pub nets: Vec<String>,
 }
 
 impl VmSpec {
@@ -44,6 +47,7 @@ impl VmSpec {
             rng: true,
             vsock: true,
             api: true,
+            nets: Vec::new(),
         }
     }
 
@@ -60,6 +64,12 @@ impl VmSpec {
     /// Adds `--block SPEC` (e.g. `path=/x.img,ro,serial=data`).
     pub fn block(mut self, spec: impl Into<String>) -> Self {
         self.blocks.push(spec.into());
+        self
+    }
+
+    /// Adds `--net SPEC`.
+    pub fn net(mut self, spec: impl Into<String>) -> Self {
+        self.nets.push(spec.into());
         self
     }
 
@@ -131,6 +141,9 @@ impl TestVm {
         }
         if spec.rng {
             cmd.arg("--rng");
+        }
+        for net in &spec.nets {
+            cmd.args(["--net", net]);
         }
         cmd.args(["--log-level", "info"]);
         let err = std::fs::File::create(&stderr).expect("stderr file");

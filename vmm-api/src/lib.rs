@@ -35,7 +35,7 @@ pub use response::{
 /// The control API's version. A minor bump adds requests or answer fields that old
 /// clients ignore; a major bump changes what existing ones mean, and both sides
 /// refuse a peer of another major version.
-pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 4 };
+pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 5 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiVersion {

@@ -36,6 +36,12 @@ macro_rules! for_each_counter {
             vsock_connections_closed,
             vsock_resets,
             vsock_resets_dropped,
+            net_rx_packets,
+            net_rx_bytes,
+            net_rx_dropped,
+            net_tx_packets,
+            net_tx_bytes,
+            net_tx_dropped,
             api_requests,
         }
     };

@@ -14,6 +14,9 @@
 //! - `probe.ticks=N` — print `probe: tick i` every 50 ms, N times;
 //! - `probe.exit=CODE` — exit (as PID 1 this panics the kernel);
 //! - `probe.vsock-connect=CID:PORT` — try to open a vsock connection, report the outcome;
+//! - `probe.net=IFACE:ADDR/PREFIX:PEER:PORT:TEXT` — give IFACE the IPv4 address and bring
+//!   it up, send TEXT in a UDP datagram to PEER:PORT (again every 500 ms, up to 20 times,
+//!   while ARP settles), report the reply with IFACE's MAC and MTU;
 //! - `probe.overwrite-exe=SECONDS` — for SECONDS, try to open every other process's
 //!   `/proc/<pid>/exe` for writing (the CVE-2019-5736 attack), report attempts and successes.
 //!
@@ -72,6 +75,7 @@ fn run_steps(steps: &[String]) {
             "read" => read(value),
             "serial" => std::fs::read_to_string(format!("/sys/block/{value}/serial")).map_err(|e| e.to_string()),
             "hwrng" => hwrng(value),
+            "net" => net(value),
             "ticks" => ticks(value),
             "vsock-connect" => vsock_connect(value),
             "overwrite-exe" => overwrite_exe(value),
@@ -209,4 +213,76 @@ fn ticks(value: &str) -> Result<String, String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(format!("{n} ticks"))
+}
+
+fn net(value: &str) -> Result<String, String> {
+    let parts: Vec<&str> = value.splitn(5, ':').collect();
+    let [iface, cidr, peer, port, text] = parts[..] else {
+        return Err("expected IFACE:ADDR/PREFIX:PEER:PORT:TEXT".into());
+    };
+    let (addr, prefix) = cidr.split_once('/').ok_or("expected ADDR/PREFIX")?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|e| format!("address: {e}"))?;
+    let prefix: u32 = prefix.parse().map_err(|e| format!("prefix: {e}"))?;
+    let mask = std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0));
+    configure_ipv4(iface, addr, mask)?;
+    let peer: std::net::SocketAddr = format!("{peer}:{port}").parse().map_err(|e| format!("peer: {e}"))?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    socket.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 512];
+    for _ in 0..20 {
+        socket.send_to(text.as_bytes(), peer).map_err(|e| format!("send: {e}"))?;
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let sys = |name: &str| {
+                std::fs::read_to_string(format!("/sys/class/net/{iface}/{name}")).unwrap_or_default().trim().to_owned()
+            };
+            return Ok(format!(
+                "{} from {from}, mac {}, mtu {}",
+                String::from_utf8_lossy(&buf[..n]),
+                sys("address"),
+                sys("mtu")
+            ));
+        }
+    }
+    Err(format!("no reply from {peer}"))
+}
+
+/// `ip addr add ADDR/MASK dev IFACE; ip link set IFACE up`, through the classic ioctls.
+#[allow(unsafe_code)]
+fn configure_ipv4(iface: &str, addr: std::net::Ipv4Addr, mask: std::net::Ipv4Addr) -> Result<(), String> {
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    let ifreq = || {
+        // SAFETY: all-zero is a valid ifreq.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes().take(libc::IFNAMSIZ - 1)) {
+            *dst = src as libc::c_char;
+        }
+        ifr
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr| {
+        // SAFETY: all-zero is a valid sockaddr_in, and a sockaddr_in fits a sockaddr.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(ip).to_be();
+        // SAFETY: sockaddr_in and sockaddr have the same size on Linux; this copies the bytes.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    };
+    let call = |what: &str, request: libc::Ioctl, ifr: &mut libc::ifreq| {
+        // SAFETY: the request reads (or fills) the ifreq the pointer refers to, which is live.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request, ifr) } < 0 {
+            return Err(format!("{what} {iface}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let mut ifr = ifreq();
+    ifr.ifr_ifru.ifru_addr = sockaddr(addr);
+    call("SIOCSIFADDR", libc::SIOCSIFADDR, &mut ifr)?;
+    let mut ifr = ifreq();
+    ifr.ifr_ifru.ifru_netmask = sockaddr(mask);
+    call("SIOCSIFNETMASK", libc::SIOCSIFNETMASK, &mut ifr)?;
+    let mut ifr = ifreq();
+    call("SIOCGIFFLAGS", libc::SIOCGIFFLAGS, &mut ifr)?;
+    // SAFETY: SIOCGIFFLAGS filled ifru_flags, the member read and written here.
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    call("SIOCSIFFLAGS", libc::SIOCSIFFLAGS, &mut ifr)
 }

@@ -9,6 +9,7 @@
 mod block;
 mod boot;
 mod machine;
+mod net;
 mod vsock;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use block::{BlockConfig, SERIAL_LEN};
 pub use boot::{BootConfig, DEFAULT_CMDLINE, REQUIRED_CMDLINE};
 pub use machine::{MachineConfig, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+pub use net::{MacAddr, NetConfig, DEFAULT_MTU, MAX_MTU, MIN_MTU};
 pub use vsock::{VsockConfig, MIN_GUEST_CID};
 
 /// Virtio devices that fit on brig-vmm's MMIO bus (one slot and one IRQ each).
@@ -52,6 +54,14 @@ pub enum ConfigError {
     TooManyDevices { got: usize, max: usize },
     #[error("block device serial `{0}` is longer than 20 bytes")]
     SerialTooLong(String),
+    #[error("net tap_fd {0} is stdio; pass the tap as descriptor 3 or above")]
+    TapFd(i32),
+    #[error("net MTU {got} is outside {min}..={max}")]
+    Mtu { got: u16, min: u16, max: u16 },
+    #[error("net mac: {0}")]
+    Mac(String),
+    #[error("net tap_fd {0} is given to two devices")]
+    SharedTap(i32),
     #[error("cannot read the config file {path}")]
     ReadFile { path: PathBuf, source: std::io::Error },
     #[error("the config file {path} is not valid: {source}")]
@@ -75,6 +85,9 @@ pub struct VmConfig {
     pub block: Vec<BlockConfig>,
     #[serde(default)]
     pub rng: bool,
+    /// virtio-net devices, in the order the guest names them (eth0, eth1, …).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// The control socket (see docs/control-socket.md).
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -97,7 +110,13 @@ impl VmConfig {
         for block in &self.block {
             block.validate()?;
         }
-        let devices = self.block.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng);
+        for (i, net) in self.net.iter().enumerate() {
+            net.validate()?;
+            if self.net[..i].iter().any(|other| other.tap_fd == net.tap_fd) {
+                return Err(ConfigError::SharedTap(net.tap_fd));
+            }
+        }
+        let devices = self.block.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng) + self.net.len();
         if devices > MAX_DEVICES {
             return Err(ConfigError::TooManyDevices { got: devices, max: MAX_DEVICES });
         }
@@ -152,6 +171,7 @@ mod tests {
             vsock: None,
             block: vec![],
             rng: false,
+            net: vec![],
             api_socket: None,
         }
     }

@@ -1,5 +1,5 @@
 //! virtio devices on the MMIO transport: the device trait, the interrupt they
-//! raise, and the devices themselves (block, rng, vsock).
+//! raise, and the devices themselves (block, net, rng, vsock).
 //!
 //! Every byte a device reads from a queue is guest-controlled: descriptor chains
 //! are parsed with bounds checks, malformed requests are answered with an error
@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
