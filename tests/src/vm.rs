@@ -197,8 +197,13 @@ impl TestVm {
         Ok(AgentClient::new(client))
     }
 
-    /// A client of the control socket (version checked at connect).
+    /// A client of the control socket (version checked at connect), once brig-vmm has
+    /// bound it (within 30 s of the call).
     pub fn control(&self) -> Result<Client> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.api.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Client::connect(&self.api, Duration::from_secs(30)).context("connect to the control socket")
     }
 

@@ -17,6 +17,9 @@
 //! - `probe.net=IFACE:ADDR/PREFIX:PEER:PORT:TEXT` — give IFACE the IPv4 address and bring
 //!   it up, send TEXT in a UDP datagram to PEER:PORT (again every 500 ms, up to 20 times,
 //!   while ARP settles), report the reply with IFACE's MAC and MTU;
+//! - `probe.net-flood=IFACE:ADDR/PREFIX:PEER:PORT:SECONDS` — configure IFACE as `probe.net`
+//!   does, then send 1400-byte UDP datagrams to PEER:PORT as fast as it can for SECONDS,
+//!   report how many;
 //! - `probe.overwrite-exe=SECONDS` — for SECONDS, try to open every other process's
 //!   `/proc/<pid>/exe` for writing (the CVE-2019-5736 attack), report attempts and successes.
 //!
@@ -76,6 +79,7 @@ fn run_steps(steps: &[String]) {
             "serial" => std::fs::read_to_string(format!("/sys/block/{value}/serial")).map_err(|e| e.to_string()),
             "hwrng" => hwrng(value),
             "net" => net(value),
+            "net-flood" => net_flood(value),
             "ticks" => ticks(value),
             "vsock-connect" => vsock_connect(value),
             "overwrite-exe" => overwrite_exe(value),
@@ -215,10 +219,11 @@ fn ticks(value: &str) -> Result<String, String> {
     Ok(format!("{n} ticks"))
 }
 
-fn net(value: &str) -> Result<String, String> {
+/// `IFACE:ADDR/PREFIX:PEER:PORT:REST`: configures IFACE, returns it, the peer and REST.
+fn net_setup(value: &str) -> Result<(&str, std::net::SocketAddr, &str), String> {
     let parts: Vec<&str> = value.splitn(5, ':').collect();
-    let [iface, cidr, peer, port, text] = parts[..] else {
-        return Err("expected IFACE:ADDR/PREFIX:PEER:PORT:TEXT".into());
+    let [iface, cidr, peer, port, rest] = parts[..] else {
+        return Err("expected IFACE:ADDR/PREFIX:PEER:PORT:…".into());
     };
     let (addr, prefix) = cidr.split_once('/').ok_or("expected ADDR/PREFIX")?;
     let addr: std::net::Ipv4Addr = addr.parse().map_err(|e| format!("address: {e}"))?;
@@ -226,6 +231,27 @@ fn net(value: &str) -> Result<String, String> {
     let mask = std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0));
     configure_ipv4(iface, addr, mask)?;
     let peer: std::net::SocketAddr = format!("{peer}:{port}").parse().map_err(|e| format!("peer: {e}"))?;
+    Ok((iface, peer, rest))
+}
+
+fn net_flood(value: &str) -> Result<String, String> {
+    let (_, peer, seconds) = net_setup(value)?;
+    let seconds: u64 = seconds.parse().map_err(|e| format!("seconds: {e}"))?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let datagram = [0x5au8; 1400];
+    let end = std::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut sent, mut refused) = (0u64, 0u64);
+    while std::time::Instant::now() < end {
+        match socket.send_to(&datagram, peer) {
+            Ok(_) => sent += 1,
+            Err(_) => refused += 1, // ENOBUFS, or ARP's queue full: the flood goes on
+        }
+    }
+    Ok(format!("{sent} datagrams sent, {refused} refused"))
+}
+
+fn net(value: &str) -> Result<String, String> {
+    let (iface, peer, text) = net_setup(value)?;
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
     socket.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
     let mut buf = [0u8; 512];
