@@ -87,3 +87,34 @@ pub use self::sigsys::install_sigsys_handler;
 #[cfg(test)]
 pub(crate) use self::sigsys::probe;
 pub(crate) use self::sigsys::set_thread_label;
+
+// ---- the network (the shim) ----
+
+/// Creates tap `name` in the calling thread's network namespace and returns its
+/// descriptor (close-on-exec): `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, not persistent,
+/// so the interface goes away with its last descriptor. nix wraps no TUN ioctl.
+pub fn create_tap(name: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "an interface name is 1-15 bytes"));
+    }
+    // SAFETY: opens a NUL-terminated literal path; the result is checked.
+    let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just opened and nothing else owns it.
+    let tap = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF reads the live ifreq the pointer refers to (the name is
+    // NUL-terminated: it is shorter than IFNAMSIZ and the rest is zero).
+    if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &ifr) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(tap)
+}

@@ -12,6 +12,7 @@ pub mod guest;
 pub mod image;
 pub mod io;
 pub mod jail;
+pub mod network;
 pub mod record;
 pub mod sandbox;
 pub mod service;

@@ -1,0 +1,500 @@
+//! Joins a container's network namespace to its VM, Kata's tc-filter model (also
+//! firecracker-containerd's tc-redirect-tap): in the namespace CNI set up, next to the
+//! one interface CNI made, a tap with the same MTU, and two ingress redirects, so every
+//! frame that reaches the interface leaves through the tap (to brig-vmm's virtio-net)
+//! and every frame from the tap leaves through the interface. The guest NIC takes the
+//! interface's MAC and the addresses and routes CNI gave it, so the container sees
+//! inside the VM the address containerd reports.
+//!
+//! Everything is done over rtnetlink (the rtnetlink crate) from a thread that entered
+//! the namespace: the shim's own threads never change namespace. The tap is not
+//! persistent: it goes away with the last descriptor (the shim's after it hands it to
+//! brig-vmm, then brig-vmm's), so a SIGKILLed brig-vmm leaves none. [`leave`] removes
+//! what would outlive both: the ingress qdisc (and with it the redirect) on CNI's
+//! interface.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use nix::sched::{setns, CloneFlags};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_route::tc::TcHandle;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+/// The tap brig makes in the container's namespace.
+pub const TAP_NAME: &str = "tap0_brig";
+/// `ETH_P_ALL`, the redirect filters' protocol (every frame), in the network byte
+/// order the kernel reads it in (rtnetlink passes it through as given).
+const ETH_P_ALL: u16 = 0x0003_u16.to_be();
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("cannot open the network namespace {path}")]
+    Netns { path: PathBuf, source: std::io::Error },
+    #[error("cannot enter the network namespace {path}")]
+    Setns { path: PathBuf, source: nix::Error },
+    #[error(
+        "the network namespace {path} has no interface besides lo for the container: \
+         set up its network (CNI) before starting the task, or run it without a network namespace"
+    )]
+    NoInterface { path: PathBuf },
+    #[error(
+        "the network namespace {path} has several interfaces ({names}); brig joins exactly one \
+         to the VM: give the container one network"
+    )]
+    SeveralInterfaces { path: PathBuf, names: String },
+    #[error("interface {name} in {path} has no {what}")]
+    Incomplete { path: PathBuf, name: String, what: &'static str },
+    #[error("cannot create the tap {TAP_NAME} in {path}: {source} (is /dev/net/tun there, is the shim root?)")]
+    Tap { path: PathBuf, source: std::io::Error },
+    #[error("the tap {TAP_NAME} in {path} refused {what}: {source}")]
+    TapRefused { path: PathBuf, what: String, source: rtnetlink::Error },
+    #[error("netlink in {path}: {what}: {source}")]
+    Netlink { path: PathBuf, what: &'static str, source: rtnetlink::Error },
+    #[error("cannot run netlink in {path}")]
+    Runtime { path: PathBuf, source: std::io::Error },
+}
+
+/// An IP address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A route through the joined interface (the main table's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// None: the default route.
+    pub destination: Option<IpNet>,
+    pub gateway: Option<IpAddr>,
+}
+
+/// CNI's interface as the guest NIC must look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Global addresses (link-local IPv6 ones are the guest kernel's own).
+    pub addresses: Vec<IpNet>,
+    pub routes: Vec<Route>,
+}
+
+/// A namespace joined to a VM: the tap's descriptor (for brig-vmm) and what the
+/// guest NIC is to be.
+#[derive(Debug)]
+pub struct Joined {
+    pub tap: OwnedFd,
+    pub interface: Interface,
+}
+
+/// Joins the namespace at `netns` (a `/proc/PID/ns/net` or `/var/run/netns/NAME` path).
+/// Nothing is left half-made: on error, the tap and qdiscs it created are removed.
+pub fn join(netns: &Path) -> Result<Joined, NetworkError> {
+    in_netns(netns, |handle, path| async move {
+        let result = join_in(&handle, &path).await;
+        if result.is_err() {
+            let _ = leave_in(&handle, &path).await;
+        }
+        result
+    })
+}
+
+/// Removes the tap and the ingress qdiscs from the namespace at `netns`; what is
+/// already gone is not an error.
+pub fn leave(netns: &Path) -> Result<(), NetworkError> {
+    in_netns(netns, |handle, path| async move { leave_in(&handle, &path).await })
+}
+
+/// Runs `work` with an rtnetlink connection inside the namespace at `netns`, on a
+/// thread of its own (setns changes only the calling thread's namespace).
+fn in_netns<T, F, Fut>(netns: &Path, work: F) -> Result<T, NetworkError>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle, PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, NetworkError>>,
+{
+    let path = netns.to_path_buf();
+    let file = File::open(&path).map_err(|source| NetworkError::Netns { path: path.clone(), source })?;
+    std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetworkError::Setns { path: path.clone(), source })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|source| NetworkError::Runtime { path: path.clone(), source })?;
+        runtime.block_on(async move {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|source| NetworkError::Runtime { path: path.clone(), source })?;
+            tokio::spawn(connection);
+            work(handle, path).await
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("the netlink thread panicked"))
+}
+
+fn netlink<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError + 'a {
+    move |source| NetworkError::Netlink { path: path.to_path_buf(), what, source }
+}
+
+fn link_name(link: &LinkMessage) -> String {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+async fn join_in(handle: &Handle, path: &Path) -> Result<Joined, NetworkError> {
+    let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.map_err(netlink(path, "links"))?;
+    let candidates: Vec<&LinkMessage> =
+        links.iter().filter(|l| !l.header.flags.contains(LinkFlags::Loopback) && link_name(l) != TAP_NAME).collect();
+    let link = match candidates.as_slice() {
+        [] => return Err(NetworkError::NoInterface { path: path.into() }),
+        [one] => *one,
+        several => {
+            let mut names: Vec<String> = several.iter().map(|l| link_name(l)).collect();
+            names.sort();
+            let names = names.join(", ");
+            return Err(NetworkError::SeveralInterfaces { path: path.into(), names });
+        }
+    };
+    let name = link_name(link);
+    let incomplete = |what| NetworkError::Incomplete { path: path.into(), name: name.clone(), what };
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            _ => None,
+        })
+        .ok_or_else(|| incomplete("Ethernet address"))?;
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        })
+        .ok_or_else(|| incomplete("MTU"))?;
+    let index = link.header.index;
+    let addresses = addresses(handle, path, index).await?;
+    let routes = routes(handle, path, index).await?;
+
+    let tap =
+        brig_policy::sys::create_tap(TAP_NAME).map_err(|source| NetworkError::Tap { path: path.into(), source })?;
+    let tap_index = handle
+        .link()
+        .get()
+        .match_name(TAP_NAME.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink(path, "the new tap"))?
+        .map(|l| l.header.index)
+        .ok_or_else(|| incomplete("tap after TUNSETIFF"))?;
+    let refused = |what: String| move |source| NetworkError::TapRefused { path: path.into(), what, source };
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(refused(format!("MTU {mtu}")))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(tap_index).up().build())
+        .execute()
+        .await
+        .map_err(refused("going up".into()))?;
+    for (from, to) in [(index, tap_index), (tap_index, index)] {
+        let from_i32 = i32::try_from(from).unwrap_or(i32::MAX);
+        handle.qdisc().add(from_i32).ingress().execute().await.map_err(netlink(path, "adding an ingress qdisc"))?;
+        handle
+            .traffic_filter(from_i32)
+            .add()
+            .parent(0xffff_0000)
+            .protocol(ETH_P_ALL)
+            .redirect(to)
+            .map_err(netlink(path, "building the redirect filter"))?
+            .execute()
+            .await
+            .map_err(netlink(path, "adding the redirect filter"))?;
+    }
+    Ok(Joined { tap, interface: Interface { name, mac, mtu, addresses, routes } })
+}
+
+async fn leave_in(handle: &Handle, path: &Path) -> Result<(), NetworkError> {
+    let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.map_err(netlink(path, "links"))?;
+    for link in &links {
+        if link.header.flags.contains(LinkFlags::Loopback) {
+            continue;
+        }
+        if link_name(link) == TAP_NAME {
+            // Its qdisc and filter go with it.
+            if let Err(e) = handle.link().del(link.header.index).execute().await {
+                log::warn!("cannot remove {TAP_NAME} from {}: {e}", path.display());
+            }
+            continue;
+        }
+        let mut del = handle.qdisc().del(i32::try_from(link.header.index).unwrap_or(i32::MAX));
+        del.message_mut().header.parent = TcHandle::INGRESS;
+        del.message_mut().header.handle = TcHandle::from(0xffff_0000);
+        // ENOENT/EINVAL when there is none: nothing to remove.
+        let _ = del.execute().await;
+    }
+    Ok(())
+}
+
+async fn addresses(handle: &Handle, path: &Path, index: u32) -> Result<Vec<IpNet>, NetworkError> {
+    let messages: Vec<_> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink(path, "addresses"))?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| {
+            let addr = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(addr) => Some(*addr),
+                _ => None,
+            })?;
+            let link_local = matches!(addr, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+            (!link_local).then_some(IpNet { addr, prefix: m.header.prefix_len })
+        })
+        .collect())
+}
+
+async fn routes(handle: &Handle, path: &Path, index: u32) -> Result<Vec<Route>, NetworkError> {
+    let mut routes = Vec::new();
+    let requests: [RouteMessage; 2] = [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ];
+    for request in requests {
+        let messages: Vec<RouteMessage> =
+            handle.route().get(request).execute().try_collect().await.map_err(netlink(path, "routes"))?;
+        for m in messages {
+            let through = m.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            if !through || m.header.kind != RouteType::Unicast || m.header.table != 254 {
+                continue;
+            }
+            let ip = |a: &RouteAddress| match a {
+                RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+                RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+                _ => None,
+            };
+            let destination = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(d) => {
+                    ip(d).map(|addr| IpNet { addr, prefix: m.header.destination_prefix_length })
+                }
+                _ => None,
+            });
+            let gateway = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => ip(g),
+                _ => None,
+            });
+            // The guest kernel makes the link-local and multicast routes itself.
+            let kernel_own = destination.is_some_and(|d| match d.addr {
+                IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_multicast(),
+                IpAddr::V4(_) => false,
+            });
+            if !kernel_own {
+                routes.push(Route { destination, gateway });
+            }
+        }
+    }
+    Ok(routes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::process::Command;
+
+    use super::*;
+
+    /// Runs `ip ARGS`, which must succeed; returns its stdout.
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().expect("ip runs");
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn tc(args: &[&str]) -> String {
+        let out = Command::new("tc").args(args).output().expect("tc runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What CNI's bridge plugin leaves, without the bridge: an "outer" namespace with
+    /// one end of a veth (10.99.0.1/24), and the container's "inner" namespace with the
+    /// other end as eth0 (10.99.0.2/24, default route via 10.99.0.1). Removed on drop.
+    struct Cni {
+        outer: String,
+        inner: String,
+    }
+
+    impl Cni {
+        fn new(tag: &str, with_veth: bool) -> Cni {
+            let pid = std::process::id();
+            let cni = Cni { outer: format!("brig-o{pid}-{tag}"), inner: format!("brig-i{pid}-{tag}") };
+            ip(&["netns", "add", &cni.outer]);
+            ip(&["netns", "add", &cni.inner]);
+            if with_veth {
+                let (o, i) = (cni.outer.as_str(), cni.inner.as_str());
+                ip(&["-n", o, "link", "add", "vo", "type", "veth", "peer", "name", "eth0", "netns", i]);
+                ip(&["-n", o, "addr", "add", "10.99.0.1/24", "dev", "vo"]);
+                ip(&["-n", o, "link", "set", "vo", "up"]);
+                ip(&["-n", i, "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+                ip(&["-n", i, "link", "set", "eth0", "up"]);
+                ip(&["-n", i, "route", "add", "default", "via", "10.99.0.1"]);
+            }
+            cni
+        }
+
+        fn inner_path(&self) -> PathBuf {
+            Path::new("/run/netns").join(&self.inner)
+        }
+
+        fn rx_packets(&self) -> u64 {
+            let text = ip(&["-n", &self.outer, "-s", "-j", "link", "show", "vo"]);
+            let json: serde_json::Value = serde_json::from_str(&text).expect("ip -j");
+            json[0]["stats64"]["rx"]["packets"].as_u64().expect("rx packets")
+        }
+    }
+
+    impl Drop for Cni {
+        fn drop(&mut self) {
+            for ns in [&self.outer, &self.inner] {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+
+    /// Sends a datagram from the outer namespace to the container's address, which
+    /// makes the outer side ask for it by ARP.
+    fn send_from_outer(cni: &Cni) {
+        let outer = File::open(Path::new("/run/netns").join(&cni.outer)).expect("outer");
+        std::thread::spawn(move || {
+            setns(&outer, CloneFlags::CLONE_NEWNET).expect("enter outer");
+            let socket = UdpSocket::bind("10.99.0.1:0").expect("bind");
+            let _ = socket.send_to(b"hello", "10.99.0.2:9");
+        })
+        .join()
+        .expect("sender");
+    }
+
+    /// The next frame on the tap within 5 s (after its 10-byte virtio header).
+    fn read_tap(tap: &OwnedFd) -> Option<Vec<u8>> {
+        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(tap), nix::poll::PollFlags::POLLIN)];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).ok()? != 1 {
+            return None;
+        }
+        let mut buf = vec![0u8; 65_600];
+        let n = nix::unistd::read(tap, &mut buf).ok()?;
+        Some(buf[10.min(n)..n].to_vec())
+    }
+
+    #[test]
+    fn join_takes_the_cni_interface_and_redirects_both_ways() {
+        let cni = Cni::new("join", true);
+        let joined = join(&cni.inner_path()).expect("join");
+        let eth0 = &joined.interface;
+        assert_eq!(eth0.name, "eth0");
+        assert_eq!(eth0.mtu, 1500);
+        assert_eq!(eth0.addresses, [IpNet { addr: "10.99.0.2".parse().expect("ip"), prefix: 24 }]);
+        let mac = ip(&["-n", &cni.inner, "-j", "link", "show", "eth0"]);
+        let mac: serde_json::Value = serde_json::from_str(&mac).expect("json");
+        let want = mac[0]["address"].as_str().expect("address").to_owned();
+        let got = eth0.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        assert_eq!(got, want);
+        assert!(
+            eth0.routes.contains(&Route { destination: None, gateway: Some("10.99.0.1".parse().expect("ip")) }),
+            "{:?}",
+            eth0.routes
+        );
+        assert!(eth0.routes.contains(&Route {
+            destination: Some(IpNet { addr: "10.99.0.0".parse().expect("ip"), prefix: 24 }),
+            gateway: None
+        }));
+
+        let tap = ip(&["-n", &cni.inner, "link", "show", TAP_NAME]);
+        assert!(tap.contains("mtu 1500") && tap.contains("UP"), "{tap}");
+        for dev in ["eth0", TAP_NAME] {
+            let filters = tc(&["-n", &cni.inner, "filter", "show", "dev", dev, "ingress"]);
+            assert!(filters.contains("mirred (Egress Redirect to device"), "{dev}: {filters}");
+            assert!(filters.contains("protocol all"), "every frame, not one EtherType: {dev}: {filters}");
+        }
+
+        // eth0 → tap: the outer side's ARP request for the container's address.
+        send_from_outer(&cni);
+        let frame = std::iter::from_fn(|| read_tap(&joined.tap))
+            .take(20)
+            .find(|frame| frame.get(12..14) == Some(&[0x08, 0x06])) // IPv6's own frames come too
+            .unwrap_or_else(|| {
+                panic!(
+                    "no ARP frame from eth0 reached the tap: {}\n{}",
+                    tc(&["-s", "-n", &cni.inner, "filter", "show", "dev", "eth0", "ingress"]),
+                    ip(&["-s", "-n", &cni.outer, "link", "show", "vo"])
+                )
+            });
+        assert_eq!(&frame[38..42], &[10, 99, 0, 2], "asking for the container's address");
+
+        // tap → eth0: frames the guest sends leave through the veth.
+        let before = cni.rx_packets();
+        let mut frame = vec![0u8; 10]; // virtio header: no offload
+        frame.extend([0xff; 6]);
+        frame.extend(eth0.mac);
+        frame.extend([0x88, 0xb5]);
+        frame.extend([0u8; 50]);
+        for _ in 0..5 {
+            nix::unistd::write(&joined.tap, &frame).expect("write the tap");
+        }
+        assert!(cni.rx_packets() >= before + 5, "the guest's frames came out of the veth");
+    }
+
+    #[test]
+    fn leave_removes_the_tap_and_the_qdiscs_and_may_run_twice() {
+        let cni = Cni::new("leave", true);
+        let joined = join(&cni.inner_path()).expect("join");
+        leave(&cni.inner_path()).expect("leave");
+        drop(joined);
+        let links = ip(&["-n", &cni.inner, "link", "show"]);
+        assert!(!links.contains(TAP_NAME), "{links}");
+        let qdiscs = tc(&["-n", &cni.inner, "qdisc", "show", "dev", "eth0"]);
+        assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+        leave(&cni.inner_path()).expect("nothing left to remove is fine");
+    }
+
+    #[test]
+    fn no_interface_or_several_are_refused_by_name_and_leave_nothing() {
+        let cni = Cni::new("bad", false);
+        let err = join(&cni.inner_path()).expect_err("only lo").to_string();
+        assert!(err.contains("has no interface besides lo"), "{err}");
+
+        ip(&["-n", &cni.inner, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+        let err = join(&cni.inner_path()).expect_err("two").to_string();
+        assert!(err.contains("has several interfaces (eth0, eth1)"), "{err}");
+        let links = ip(&["-n", &cni.inner, "link", "show"]);
+        assert!(!links.contains(TAP_NAME), "{links}");
+
+        let err = join(Path::new("/run/netns/brig-does-not-exist")).expect_err("missing").to_string();
+        assert!(err.contains("cannot open the network namespace /run/netns/brig-does-not-exist"), "{err}");
+    }
+}
