@@ -226,7 +226,7 @@ fn parse_net(spec: &str) -> Result<NetConfig, String> {
     for (key, value) in pairs(spec) {
         match (key, value) {
             ("tap-fd", Some(v)) => fd = Some(number("--net tap-fd", v)?),
-            ("mac", Some(v)) => mac = Some(v.parse::<MacAddr>().map_err(|e| format!("--net {e}"))?),
+            ("mac", Some(v)) => mac = Some(v.parse::<MacAddr>().map_err(|e| format!("--{e}"))?),
             ("mtu", Some(v)) => mtu = number("--net mtu", v)?,
             _ => return Err(format!("--net: unknown part `{key}` (expected tap-fd=N,mac=MAC[,mtu=N])")),
         }

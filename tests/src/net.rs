@@ -8,9 +8,10 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// A tap (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`) in the test's network namespace, with
-/// an IPv4 address, up. Its descriptor is inheritable (no close-on-exec), for
-/// brig-vmm's `--net tap-fd=N`. Not persistent: the interface goes away when the last
-/// descriptor (the test's, brig-vmm's) is closed.
+/// an IPv4 address, up. Its descriptor is close-on-exec like any other; the brig-vmm
+/// of a `--net tap-fd=N` spec inherits it alone (`TestVm` clears the flag in that
+/// child only), so parallel tests' VMs never hold each other's taps. Not persistent:
+/// the interface goes away when the last descriptor is closed.
 #[derive(Debug)]
 pub struct HostTap {
     pub name: String,
@@ -21,7 +22,7 @@ impl HostTap {
     /// Creates tap `name` and gives it `cidr` (e.g. `10.77.0.1/24`).
     pub fn new(name: &str, cidr: &str) -> Result<HostTap> {
         // SAFETY: opens a path from a NUL-terminated literal; the result is checked.
-        let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR) };
+        let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if raw < 0 {
             bail!("open /dev/net/tun: {}", std::io::Error::last_os_error());
         }

@@ -142,8 +142,26 @@ impl TestVm {
         if spec.rng {
             cmd.arg("--rng");
         }
+        let mut inherited: Vec<i32> = Vec::new();
         for net in &spec.nets {
             cmd.args(["--net", net]);
+            let fd: Option<i32> =
+                net.split(',').find_map(|part| part.strip_prefix("tap-fd=")).and_then(|fd| fd.parse().ok());
+            inherited.extend(fd);
+        }
+        if !inherited.is_empty() {
+            // SAFETY: between fork and exec the closure only calls fcntl(2), which is
+            // async-signal-safe, on descriptors the parent holds open. A descriptor that
+            // is not open (a test of bad input) fails fcntl, which is ignored: brig-vmm
+            // reports it.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    for fd in &inherited {
+                        libc::fcntl(*fd, libc::F_SETFD, 0);
+                    }
+                    Ok(())
+                });
+            }
         }
         cmd.args(["--log-level", "info"]);
         let err = std::fs::File::create(&stderr).expect("stderr file");

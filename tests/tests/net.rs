@@ -104,9 +104,8 @@ fn a_flood_both_ways_leaves_the_control_socket_answering() {
 #[ignore = "needs kvm-host: run with `cargo xtask test`"]
 fn what_is_not_a_usable_tap_is_refused_by_name() {
     brig_tests::require_kvm_host();
+    // Close-on-exec like every descriptor: TestVm hands a `tap-fd` to its brig-vmm only.
     let file = std::fs::File::open("/proc/self/status").expect("open");
-    // std opens with close-on-exec; brig-vmm must inherit this one to name it.
-    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).expect("inheritable");
     for (net, expect) in [
         (format!("tap-fd={},mac={MAC}", file.as_raw_fd()), "is not a tap: it is /proc/"),
         (format!("tap-fd=900,mac={MAC}"), "net tap_fd 900 is not open in brig-vmm"),

@@ -228,6 +228,9 @@ fn net_setup(value: &str) -> Result<(&str, std::net::SocketAddr, &str), String> 
     let (addr, prefix) = cidr.split_once('/').ok_or("expected ADDR/PREFIX")?;
     let addr: std::net::Ipv4Addr = addr.parse().map_err(|e| format!("address: {e}"))?;
     let prefix: u32 = prefix.parse().map_err(|e| format!("prefix: {e}"))?;
+    if prefix > 32 {
+        return Err(format!("prefix {prefix} is longer than 32"));
+    }
     let mask = std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0));
     configure_ipv4(iface, addr, mask)?;
     let peer: std::net::SocketAddr = format!("{peer}:{port}").parse().map_err(|e| format!("peer: {e}"))?;

@@ -54,7 +54,7 @@ pub enum ConfigError {
     TooManyDevices { got: usize, max: usize },
     #[error("block device serial `{0}` is longer than 20 bytes")]
     SerialTooLong(String),
-    #[error("net tap_fd {0} is stdio; pass the tap as descriptor 3 or above")]
+    #[error("net tap_fd {0} cannot be a tap: pass the tap as descriptor 3 or above (0-2 are stdio)")]
     TapFd(i32),
     #[error("net MTU {got} is outside {min}..={max}")]
     Mtu { got: u16, min: u16, max: u16 },

@@ -77,7 +77,8 @@ impl FromStr for MacAddr {
         let mut bytes = [0u8; 6];
         let mut parts = text.split(':');
         for byte in &mut bytes {
-            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            let part =
+                parts.next().filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())).ok_or_else(bad)?;
             *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
         }
         if parts.next().is_some() {
@@ -110,7 +111,9 @@ mod tests {
         assert_eq!(mac.0, [0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
         assert_eq!(mac.to_string(), "02:42:ac:11:00:02");
         mac.validate().expect("unicast");
-        for bad in ["02:42:ac:11:00", "02:42:ac:11:00:02:03", "02:42:ac:11:0:02", "zz:42:ac:11:00:02", ""] {
+        for bad in
+            ["02:42:ac:11:00", "02:42:ac:11:00:02:03", "02:42:ac:11:0:02", "zz:42:ac:11:00:02", "02:+2:ac:11:00:02", ""]
+        {
             let err = bad.parse::<MacAddr>().expect_err(bad).to_string();
             assert!(err.contains("is not a MAC address"), "{bad}: {err}");
         }

@@ -81,6 +81,8 @@ pub enum ActivateError {
     QueueCount { got: usize, want: usize },
     #[error("cannot watch the device's events")]
     Register(#[source] std::io::Error),
+    #[error("cannot set up the device's host side: {0}")]
+    Host(String),
 }
 
 /// What a device gets when the driver sets DRIVER_OK.

@@ -72,6 +72,9 @@ pub struct Net {
     active: Option<Active>,
     /// The device watches the tap (it stops while the guest has no receive buffer).
     watching_tap: bool,
+    /// The tap failed (its interface was deleted, its namespace went away): never
+    /// watched again, so a dead descriptor cannot keep the event loop busy.
+    tap_failed: bool,
     /// A frame read from the tap that waits for a receive buffer: its length in `rx_buf`.
     pending: Option<usize>,
     rx_buf: Vec<u8>,
@@ -118,6 +121,7 @@ impl Net {
             acked: 0,
             active: None,
             watching_tap: false,
+            tap_failed: false,
             pending: None,
             rx_buf: vec![0; MAX_FRAME],
             tx_buf: vec![0; MAX_FRAME],
@@ -141,7 +145,14 @@ impl Net {
                         METRICS.virtio_bad_requests.inc();
                         guest_warn!("net: a transmitted frame of {len} bytes (header included) is dropped");
                     } else if reader.read_exact(&mut self.tx_buf[..len]).is_ok() {
-                        transmit(&self.tap, &self.tx_buf[..len]);
+                        match check_tx_header(&self.tx_buf[..VNET_HDR_LEN], self.acked) {
+                            Ok(()) => transmit(&self.tap, &self.tx_buf[..len]),
+                            Err(why) => {
+                                METRICS.net_tx_dropped.inc();
+                                METRICS.virtio_bad_requests.inc();
+                                guest_warn!("net: a transmitted frame is dropped: {why}");
+                            }
+                        }
                     } else {
                         METRICS.net_tx_dropped.inc();
                     }
@@ -174,9 +185,15 @@ impl Net {
         for _ in 0..budget(queue) {
             let len = match self.pending.take() {
                 Some(len) => len,
+                None if self.tap_failed => break,
                 None => match receive(&self.tap, &mut self.rx_buf) {
-                    Some(len) => len,
-                    None => break,
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::error!("net: the tap failed ({e}); the guest's NIC receives nothing from now on");
+                        self.tap_failed = true;
+                        break;
+                    }
                 },
             };
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
@@ -188,6 +205,10 @@ impl Net {
                 Ok(mut writer) if writer.available_bytes() >= len => {
                     // Without mergeable buffers every frame is in one buffer (spec 5.1.6.4).
                     self.rx_buf[VNET_HDR_LEN - 2..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
+                    if self.acked & feature(VIRTIO_NET_F_GUEST_CSUM) == 0 {
+                        // The tap may mark DATA_VALID; a driver without GUEST_CSUM gets 0 (5.1.6.4.1).
+                        self.rx_buf[0] = 0;
+                    }
                     match writer.write_all(&self.rx_buf[..len]) {
                         Ok(()) => {
                             METRICS.net_rx_packets.inc();
@@ -224,7 +245,7 @@ impl Net {
         if delivered > 0 && queue.needs_notification(mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
         }
-        let watch = self.pending.is_none();
+        let watch = self.pending.is_none() && !self.tap_failed;
         if watch != self.watching_tap {
             let result =
                 if watch { ops.add(self.tap.as_raw_fd(), EventSet::IN) } else { ops.remove(self.tap.as_raw_fd()) };
@@ -257,25 +278,53 @@ fn transmit(tap: &OwnedFd, frame: &[u8]) {
     }
 }
 
-/// One frame from the tap into `buf` (header first), or None when none waits.
-fn receive(tap: &OwnedFd, buf: &mut [u8]) -> Option<usize> {
+/// One frame from the tap into `buf` (header first); None when none waits, an error
+/// when the tap itself failed.
+fn receive(tap: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     loop {
         // SAFETY: reads at most `buf.len()` bytes into a live, writable slice.
         let n = unsafe { libc::read(tap.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         match usize::try_from(n) {
-            Ok(n) if n > VNET_HDR_LEN => return Some(n),
-            Ok(_) => continue, // a header without a frame: nothing to deliver
+            // The tap returns a frame's whole length even when it cut it to fit.
+            Ok(n) if n > buf.len() => METRICS.net_rx_dropped.inc(),
+            Ok(n) if n > VNET_HDR_LEN => return Ok(Some(n)),
+            Ok(_) => {} // a header without a frame: nothing to deliver
             Err(_) => {
                 let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    if e.kind() != std::io::ErrorKind::WouldBlock {
-                        log::warn!("net: cannot read the tap: {e}");
-                    }
-                    return None;
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock => return Ok(None),
+                    _ => return Err(e),
                 }
             }
         }
     }
+}
+
+/// What a transmitted frame's virtio header may ask of the host kernel: only the
+/// offloads the guest negotiated (the kernel's own checks are the second line).
+fn check_tx_header(header: &[u8], acked: u64) -> Result<(), String> {
+    const NEEDS_CSUM: u8 = 1;
+    const GSO_NONE: u8 = 0;
+    const GSO_TCPV4: u8 = 1;
+    const GSO_TCPV6: u8 = 4;
+    let (flags, gso) = (header[0], header[1]);
+    if flags & !NEEDS_CSUM != 0 {
+        return Err(format!("header flags {flags:#x}"));
+    }
+    if flags & NEEDS_CSUM != 0 && acked & feature(VIRTIO_NET_F_CSUM) == 0 {
+        return Err("a partial checksum without VIRTIO_NET_F_CSUM".into());
+    }
+    let allowed = match gso {
+        GSO_NONE => true,
+        GSO_TCPV4 => acked & feature(VIRTIO_NET_F_HOST_TSO4) != 0,
+        GSO_TCPV6 => acked & feature(VIRTIO_NET_F_HOST_TSO6) != 0,
+        _ => false,
+    };
+    if !allowed {
+        return Err(format!("segmentation type {gso:#x} was not negotiated"));
+    }
+    Ok(())
 }
 
 /// The tap's `IFF_*` flags.
@@ -339,16 +388,21 @@ impl VirtioDevice for Net {
         }
         // Partial checksums reach the guest only if it said it takes them.
         let offload = if self.acked & feature(VIRTIO_NET_F_GUEST_CSUM) != 0 { libc::TUN_F_CSUM } else { 0 };
-        if let Err(e) = set_offload(&self.tap, offload) {
-            log::error!("net: cannot set the tap's offloads: {e}");
-        }
-        for evt in &activation.queue_evts {
-            ops.add(evt.as_raw_fd(), EventSet::IN).map_err(ActivateError::Register)?;
-        }
+        set_offload(&self.tap, offload)
+            .map_err(|e| ActivateError::Host(format!("the tap refused its offloads (TUNSETOFFLOAD): {e}")))?;
         // Activation runs on a vCPU thread, whose filter has no `read`: the event loop
-        // serves the tap from its first event on.
-        ops.add(self.tap.as_raw_fd(), EventSet::IN).map_err(ActivateError::Register)?;
-        self.watching_tap = true;
+        // serves the tap from its first event on. On error nothing stays registered.
+        let fds: Vec<RawFd> = activation.queue_evts.iter().map(AsRawFd::as_raw_fd).collect();
+        let watch = (!self.tap_failed).then(|| self.tap.as_raw_fd());
+        for (i, fd) in fds.iter().copied().chain(watch).enumerate() {
+            if let Err(e) = ops.add(fd, EventSet::IN) {
+                for added in fds.iter().copied().chain(watch).take(i) {
+                    let _ = ops.remove(added);
+                }
+                return Err(ActivateError::Register(e));
+            }
+        }
+        self.watching_tap = watch.is_some();
         self.active = Some(Active {
             mem: activation.mem,
             interrupt: activation.interrupt,
@@ -358,8 +412,12 @@ impl VirtioDevice for Net {
         Ok(())
     }
 
-    fn on_event(&mut self, fd: RawFd, _events: EventSet, ops: &EventOps) {
+    fn on_event(&mut self, fd: RawFd, events: EventSet, ops: &EventOps) {
         let Some(active) = &self.active else { return };
+        if fd == self.tap.as_raw_fd() && events.intersects(EventSet::ERROR | EventSet::HANG_UP) && !self.tap_failed {
+            log::error!("net: the tap failed ({events:?}); the guest's NIC receives nothing from now on");
+            self.tap_failed = true;
+        }
         if let Some(queue) = active.evts.iter().position(|e| e.as_raw_fd() == fd) {
             let _ = active.evts[queue].read();
             METRICS.virtio_notifications.inc();
@@ -391,6 +449,7 @@ impl VirtioDevice for Net {
             "mtu": self.mtu,
             "acked_features": self.acked,
             "watching_tap": self.watching_tap,
+            "tap_failed": self.tap_failed,
             "frame_waiting": self.pending.is_some(),
         })
     }
@@ -423,6 +482,13 @@ mod tests {
     struct Wire {
         tap: Option<OwnedFd>,
         packet: OwnedFd,
+        netns: String,
+    }
+
+    impl Drop for Wire {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns]).status();
+        }
     }
 
     fn check(what: &str, ret: libc::c_int) -> libc::c_int {
@@ -440,11 +506,18 @@ mod tests {
     }
 
     fn wire(flags: libc::c_int) -> Wire {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let netns = format!("brig-vnet-{}-{n}", std::process::id());
+        let status = std::process::Command::new("ip").args(["netns", "add", &netns]).status().expect("ip runs");
+        assert!(status.success(), "ip netns add {netns} (the net tests need root)");
+        let path = format!("/run/netns/{netns}");
         std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("the test's namespace");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the test's namespace");
             // SAFETY: plain system calls on this thread's own namespace, descriptors and
             // structures; every result is checked.
             unsafe {
-                check("unshare(CLONE_NEWNET)", libc::unshare(libc::CLONE_NEWNET));
                 std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").ok();
                 let tun =
                     check("open /dev/net/tun", libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC));
@@ -470,14 +543,25 @@ mod tests {
                 addr.sll_ifindex = ifindex;
                 let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
                 check("bind(AF_PACKET)", libc::bind(packet, (&raw const addr).cast(), len));
-                Wire { tap: Some(OwnedFd::from_raw_fd(tun)), packet: OwnedFd::from_raw_fd(packet) }
+                (OwnedFd::from_raw_fd(tun), OwnedFd::from_raw_fd(packet))
             }
         })
         .join()
+        .map(|(tap, packet)| Wire { tap: Some(tap), packet, netns })
         .expect("wire thread")
     }
 
     impl Wire {
+        /// Deletes the tap's interface under the device (`ip link del`), as a namespace
+        /// torn down while the VM runs would.
+        fn delete_interface(&self) {
+            let status = std::process::Command::new("ip")
+                .args(["-n", &self.netns, "link", "del", "brig0"])
+                .status()
+                .expect("ip");
+            assert!(status.success(), "ip link del brig0");
+        }
+
         /// An Ethernet frame of the test's EtherType.
         fn frame(dst: [u8; 6], payload: &[u8]) -> Vec<u8> {
             let mut frame = dst.to_vec();
@@ -679,7 +763,8 @@ mod tests {
         assert!(METRICS.net_tx_dropped.get() - dropped >= 2);
         assert_eq!(wire.recv(), None, "nothing reached the wire");
 
-        // A header the host kernel refuses (a GSO type it does not know): dropped.
+        // A header asking for an offload the guest did not negotiate (a GSO type brig
+        // never offers): dropped before the host kernel sees it.
         let mut bad_gso = header();
         bad_gso[1] = 0x7f;
         let dropped = METRICS.net_tx_dropped.get();
@@ -700,6 +785,42 @@ mod tests {
         wire.send(&Wire::frame(MAC.0, &[8; 100]));
         rig.tap_event();
         assert_eq!(Rig::used(&rig.rx)[1], (1, (VNET_HDR_LEN + 114) as u32));
+    }
+
+    #[test]
+    fn a_tap_whose_interface_goes_away_is_dropped_from_the_event_loop() {
+        let mem = memory();
+        let mut wire = wire(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR);
+        let mut rig = Rig::new(&mem, &mut wire);
+        rig.post_rx(1526);
+        assert!(rig.net.watching_tap);
+        wire.delete_interface();
+        rig.tap_event();
+        assert!(rig.net.tap_failed, "the failed read is seen");
+        assert!(!rig.net.watching_tap, "a dead tap is no longer watched, so it cannot spin the event loop");
+        rig.post_rx(1526);
+        assert!(!rig.net.watching_tap, "not even after new receive buffers");
+        assert!(Rig::used(&rig.rx).is_empty());
+    }
+
+    #[test]
+    fn transmitted_headers_may_ask_only_for_negotiated_offloads() {
+        let all = feature(VIRTIO_NET_F_CSUM) | feature(VIRTIO_NET_F_HOST_TSO4) | feature(VIRTIO_NET_F_HOST_TSO6);
+        let header = |flags: u8, gso: u8| {
+            let mut h = [0u8; VNET_HDR_LEN];
+            (h[0], h[1]) = (flags, gso);
+            h
+        };
+        check_tx_header(&header(0, 0), 0).expect("a plain frame");
+        check_tx_header(&header(1, 1), all).expect("TSO4 with a partial checksum");
+        check_tx_header(&header(1, 4), all).expect("TSO6");
+        assert!(check_tx_header(&header(1, 0), 0).expect_err("no CSUM").contains("VIRTIO_NET_F_CSUM"));
+        assert!(check_tx_header(&header(1, 1), feature(VIRTIO_NET_F_CSUM)).is_err(), "TSO4 not negotiated");
+        for gso in [3, 5, 0x81] {
+            let err = check_tx_header(&header(1, gso), all).expect_err("UDP, USO, ECN are never offered");
+            assert!(err.contains("was not negotiated"), "{gso:#x}: {err}");
+        }
+        assert!(check_tx_header(&header(2, 0), all).expect_err("DATA_VALID").contains("flags"));
     }
 
     #[test]
