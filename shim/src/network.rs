@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use futures_util::TryStreamExt;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
-use rtnetlink::packet_route::tc::TcHandle;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType};
+use rtnetlink::packet_route::tc::{TcAttribute, TcHandle};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 /// The tap brig makes in the container's namespace.
@@ -39,13 +39,13 @@ pub enum NetworkError {
     #[error("cannot enter the network namespace {path}")]
     Setns { path: PathBuf, source: nix::Error },
     #[error(
-        "the network namespace {path} has no interface besides lo for the container: \
+        "the network namespace {path} has no Ethernet interface for the container: \
          set up its network (CNI) before starting the task, or run it without a network namespace"
     )]
     NoInterface { path: PathBuf },
     #[error(
-        "the network namespace {path} has several interfaces ({names}); brig joins exactly one \
-         to the VM: give the container one network"
+        "the network namespace {path} has several Ethernet interfaces ({names}); brig joins \
+         exactly one to the VM: give the container one network"
     )]
     SeveralInterfaces { path: PathBuf, names: String },
     #[error("interface {name} in {path} has no {what}")]
@@ -54,6 +54,8 @@ pub enum NetworkError {
     Tap { path: PathBuf, source: std::io::Error },
     #[error("the tap {TAP_NAME} in {path} refused {what}: {source}")]
     TapRefused { path: PathBuf, what: String, source: rtnetlink::Error },
+    #[error("interface {name} in {path} already has an ingress qdisc (another tool's); brig cannot redirect it")]
+    Busy { path: PathBuf, name: String },
     #[error("netlink in {path}: {what}: {source}")]
     Netlink { path: PathBuf, what: &'static str, source: rtnetlink::Error },
     #[error("cannot run netlink in {path}")]
@@ -104,18 +106,46 @@ pub struct Joined {
 /// Nothing is left half-made: on error, the tap and qdiscs it created are removed.
 pub fn join(netns: &Path) -> Result<Joined, NetworkError> {
     in_netns(netns, |handle, path| async move {
-        let result = join_in(&handle, &path).await;
+        let mut made = Made::default();
+        let result = join_in(&handle, &path, &mut made).await;
         if result.is_err() {
-            let _ = leave_in(&handle, &path).await;
+            made.undo(&handle).await;
         }
         result
     })
 }
 
-/// Removes the tap and the ingress qdiscs from the namespace at `netns`; what is
-/// already gone is not an error.
-pub fn leave(netns: &Path) -> Result<(), NetworkError> {
-    in_netns(netns, |handle, path| async move { leave_in(&handle, &path).await })
+/// Removes the tap and interface `name`'s ingress qdisc (brig's, kind `ingress`: a
+/// `clsact` another tool attached is left alone) from the namespace at `netns`; what
+/// is already gone is not an error.
+pub fn leave(netns: &Path, name: &str) -> Result<(), NetworkError> {
+    let name = name.to_owned();
+    in_netns(netns, |handle, path| async move { leave_in(&handle, &path, &name).await })
+}
+
+/// What a `join` has made so far, so that a failed one undoes exactly that.
+#[derive(Debug, Default)]
+struct Made {
+    tap: Option<u32>,
+    qdiscs: Vec<u32>,
+}
+
+impl Made {
+    async fn undo(self, handle: &Handle) {
+        for index in self.qdiscs {
+            let _ = delete_ingress(handle, index).await;
+        }
+        if let Some(index) = self.tap {
+            let _ = handle.link().del(index).execute().await;
+        }
+    }
+}
+
+async fn delete_ingress(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    let mut del = handle.qdisc().del(i32::try_from(index).unwrap_or(i32::MAX));
+    del.message_mut().header.parent = TcHandle::INGRESS;
+    del.message_mut().header.handle = TcHandle::from(0xffff_0000);
+    del.execute().await
 }
 
 /// Runs `work` with an rtnetlink connection inside the namespace at `netns`, on a
@@ -159,10 +189,17 @@ fn link_name(link: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
-async fn join_in(handle: &Handle, path: &Path) -> Result<Joined, NetworkError> {
+/// CNI's interface is an Ethernet one (a veth, macvlan, ipvlan …): lo, and the
+/// fallback devices tunnel modules put in every namespace (tunl0, sit0, gre0 …), are not.
+fn is_candidate(link: &LinkMessage) -> bool {
+    !link.header.flags.contains(LinkFlags::Loopback)
+        && link.header.link_layer_type == LinkLayerType::Ether
+        && link_name(link) != TAP_NAME
+}
+
+async fn join_in(handle: &Handle, path: &Path, made: &mut Made) -> Result<Joined, NetworkError> {
     let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.map_err(netlink(path, "links"))?;
-    let candidates: Vec<&LinkMessage> =
-        links.iter().filter(|l| !l.header.flags.contains(LinkFlags::Loopback) && link_name(l) != TAP_NAME).collect();
+    let candidates: Vec<&LinkMessage> = links.iter().filter(|l| is_candidate(l)).collect();
     let link = match candidates.as_slice() {
         [] => return Err(NetworkError::NoInterface { path: path.into() }),
         [one] => *one,
@@ -207,6 +244,7 @@ async fn join_in(handle: &Handle, path: &Path) -> Result<Joined, NetworkError> {
         .map_err(netlink(path, "the new tap"))?
         .map(|l| l.header.index)
         .ok_or_else(|| incomplete("tap after TUNSETIFF"))?;
+    made.tap = Some(tap_index);
     let refused = |what: String| move |source| NetworkError::TapRefused { path: path.into(), what, source };
     handle
         .link()
@@ -222,7 +260,15 @@ async fn join_in(handle: &Handle, path: &Path) -> Result<Joined, NetworkError> {
         .map_err(refused("going up".into()))?;
     for (from, to) in [(index, tap_index), (tap_index, index)] {
         let from_i32 = i32::try_from(from).unwrap_or(i32::MAX);
-        handle.qdisc().add(from_i32).ingress().execute().await.map_err(netlink(path, "adding an ingress qdisc"))?;
+        if let Err(e) = handle.qdisc().add(from_i32).ingress().execute().await {
+            return Err(match &e {
+                rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST => {
+                    NetworkError::Busy { path: path.into(), name: name.clone() }
+                }
+                _ => netlink(path, "adding an ingress qdisc")(e),
+            });
+        }
+        made.qdiscs.push(from);
         handle
             .traffic_filter(from_i32)
             .add()
@@ -237,24 +283,21 @@ async fn join_in(handle: &Handle, path: &Path) -> Result<Joined, NetworkError> {
     Ok(Joined { tap, interface: Interface { name, mac, mtu, addresses, routes } })
 }
 
-async fn leave_in(handle: &Handle, path: &Path) -> Result<(), NetworkError> {
+async fn leave_in(handle: &Handle, path: &Path, name: &str) -> Result<(), NetworkError> {
     let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.map_err(netlink(path, "links"))?;
-    for link in &links {
-        if link.header.flags.contains(LinkFlags::Loopback) {
-            continue;
-        }
-        if link_name(link) == TAP_NAME {
-            // Its qdisc and filter go with it.
-            if let Err(e) = handle.link().del(link.header.index).execute().await {
-                log::warn!("cannot remove {TAP_NAME} from {}: {e}", path.display());
-            }
-            continue;
-        }
-        let mut del = handle.qdisc().del(i32::try_from(link.header.index).unwrap_or(i32::MAX));
-        del.message_mut().header.parent = TcHandle::INGRESS;
-        del.message_mut().header.handle = TcHandle::from(0xffff_0000);
-        // ENOENT/EINVAL when there is none: nothing to remove.
-        let _ = del.execute().await;
+    if let Some(tap) = links.iter().find(|l| link_name(l) == TAP_NAME) {
+        // Its qdisc and filter go with it.
+        handle.link().del(tap.header.index).execute().await.map_err(netlink(path, "removing the tap"))?;
+    }
+    let Some(link) = links.iter().find(|l| link_name(l) == name) else { return Ok(()) };
+    let index = i32::try_from(link.header.index).unwrap_or(i32::MAX);
+    let qdiscs: Vec<_> =
+        handle.qdisc().get().index(index).execute().try_collect().await.map_err(netlink(path, "qdiscs"))?;
+    let ours = qdiscs
+        .iter()
+        .any(|q| q.header.parent == TcHandle::INGRESS && q.attributes.contains(&TcAttribute::Kind("ingress".into())));
+    if ours {
+        delete_ingress(handle, link.header.index).await.map_err(netlink(path, "removing the ingress qdisc"))?;
     }
     Ok(())
 }
@@ -271,9 +314,17 @@ async fn addresses(handle: &Handle, path: &Path, index: u32) -> Result<Vec<IpNet
     Ok(messages
         .iter()
         .filter_map(|m| {
-            let addr = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(addr) => Some(*addr),
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on a
+            // point-to-point link (and the same address elsewhere).
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(addr) => Some(*addr),
                 _ => None,
+            });
+            let addr = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(addr) => Some(*addr),
+                    _ => None,
+                })
             })?;
             let link_local = matches!(addr, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
             (!link_local).then_some(IpNet { addr, prefix: m.header.prefix_len })
@@ -292,7 +343,9 @@ async fn routes(handle: &Handle, path: &Path, index: u32) -> Result<Vec<Route>, 
             handle.route().get(request).execute().try_collect().await.map_err(netlink(path, "routes"))?;
         for m in messages {
             let through = m.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-            if !through || m.header.kind != RouteType::Unicast || m.header.table != 254 {
+            // The guest kernel makes the prefix routes of its addresses itself.
+            let kernel_made = m.header.protocol == RouteProtocol::Kernel;
+            if !through || kernel_made || m.header.kind != RouteType::Unicast || m.header.table != 254 {
                 continue;
             }
             let ip = |a: &RouteAddress| match a {
@@ -429,10 +482,11 @@ mod tests {
             "{:?}",
             eth0.routes
         );
-        assert!(eth0.routes.contains(&Route {
-            destination: Some(IpNet { addr: "10.99.0.0".parse().expect("ip"), prefix: 24 }),
-            gateway: None
-        }));
+        assert!(
+            !eth0.routes.iter().any(|r| r.destination.is_some_and(|d| d.addr.to_string() == "10.99.0.0")),
+            "the address's own prefix route is the guest kernel's to make: {:?}",
+            eth0.routes
+        );
 
         let tap = ip(&["-n", &cni.inner, "link", "show", TAP_NAME]);
         assert!(tap.contains("mtu 1500") && tap.contains("UP"), "{tap}");
@@ -473,24 +527,38 @@ mod tests {
     fn leave_removes_the_tap_and_the_qdiscs_and_may_run_twice() {
         let cni = Cni::new("leave", true);
         let joined = join(&cni.inner_path()).expect("join");
-        leave(&cni.inner_path()).expect("leave");
+        leave(&cni.inner_path(), &joined.interface.name).expect("leave");
         drop(joined);
         let links = ip(&["-n", &cni.inner, "link", "show"]);
         assert!(!links.contains(TAP_NAME), "{links}");
         let qdiscs = tc(&["-n", &cni.inner, "qdisc", "show", "dev", "eth0"]);
         assert!(!qdiscs.contains("ingress"), "{qdiscs}");
-        leave(&cni.inner_path()).expect("nothing left to remove is fine");
+        leave(&cni.inner_path(), "eth0").expect("nothing left to remove is fine");
+    }
+
+    #[test]
+    fn an_interface_with_another_tools_ingress_qdisc_is_refused_and_left_alone() {
+        let cni = Cni::new("busy", true);
+        let out = Command::new("tc").args(["-n", &cni.inner, "qdisc", "add", "dev", "eth0", "clsact"]).output();
+        assert!(out.expect("tc runs").status.success(), "clsact on eth0");
+        let err = join(&cni.inner_path()).expect_err("busy").to_string();
+        assert!(err.contains("interface eth0 in") && err.contains("already has an ingress qdisc"), "{err}");
+        let links = ip(&["-n", &cni.inner, "link", "show"]);
+        assert!(!links.contains(TAP_NAME), "the failed join removed its tap: {links}");
+        leave(&cni.inner_path(), "eth0").expect("leave");
+        let qdiscs = tc(&["-n", &cni.inner, "qdisc", "show", "dev", "eth0"]);
+        assert!(qdiscs.contains("clsact"), "another tool's qdisc stays: {qdiscs}");
     }
 
     #[test]
     fn no_interface_or_several_are_refused_by_name_and_leave_nothing() {
         let cni = Cni::new("bad", false);
         let err = join(&cni.inner_path()).expect_err("only lo").to_string();
-        assert!(err.contains("has no interface besides lo"), "{err}");
+        assert!(err.contains("has no Ethernet interface"), "{err}");
 
         ip(&["-n", &cni.inner, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
         let err = join(&cni.inner_path()).expect_err("two").to_string();
-        assert!(err.contains("has several interfaces (eth0, eth1)"), "{err}");
+        assert!(err.contains("has several Ethernet interfaces (eth0, eth1)"), "{err}");
         let links = ip(&["-n", &cni.inner, "link", "show"]);
         assert!(!links.contains(TAP_NAME), "{links}");
 
