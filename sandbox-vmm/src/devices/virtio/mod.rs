@@ -243,6 +243,68 @@ impl SingleQueue {
     }
 }
 
+/// The active queues of a device with several (net, vsock): guest memory, the
+/// interrupt, the queues in the driver's order and each one's notification eventfd.
+#[derive(Debug)]
+pub struct Queues {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<Interrupt>,
+    pub queues: Vec<Queue>,
+    pub evts: Vec<EventFd>,
+}
+
+impl Queues {
+    /// Takes the `want` queues of `activation` and watches their notifications and
+    /// `extra` (the device's host-side descriptors). On error nothing stays watched.
+    pub fn activate(
+        activation: Activation,
+        want: usize,
+        extra: &[RawFd],
+        ops: &EventOps,
+    ) -> Result<Queues, ActivateError> {
+        let got = activation.queues.len();
+        if got != want || activation.queue_evts.len() != want {
+            return Err(ActivateError::QueueCount { got, want });
+        }
+        let fds: Vec<RawFd> =
+            activation.queue_evts.iter().map(AsRawFd::as_raw_fd).chain(extra.iter().copied()).collect();
+        for (i, fd) in fds.iter().enumerate() {
+            if let Err(e) = ops.add(*fd, EventSet::IN) {
+                for added in &fds[..i] {
+                    let _ = ops.remove(*added);
+                }
+                return Err(ActivateError::Register(e));
+            }
+        }
+        Ok(Queues {
+            mem: activation.mem,
+            interrupt: activation.interrupt,
+            queues: activation.queues,
+            evts: activation.queue_evts,
+        })
+    }
+
+    /// The index of the queue whose notification `fd` is (then consumed), if it is one.
+    pub fn take_notification(&self, fd: RawFd) -> Option<usize> {
+        let queue = self.evts.iter().position(|e| e.as_raw_fd() == fd)?;
+        // EAGAIN only means another wakeup already drained it.
+        let _ = self.evts[queue].read();
+        METRICS.virtio_notifications.inc();
+        Some(queue)
+    }
+
+    /// Stops watching the notifications (the device's own descriptors are its to remove).
+    pub fn deactivate(self, ops: &EventOps) {
+        for evt in &self.evts {
+            let _ = ops.remove(evt.as_raw_fd());
+        }
+    }
+
+    pub fn queues(this: &Option<Queues>) -> &[Queue] {
+        this.as_ref().map_or(&[], |a| a.queues.as_slice())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,11 +26,9 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MTU,
 };
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
-use super::{budget, feature, read_config_bytes, rearm, ActivateError, Activation, Interrupt, VirtioDevice};
+use super::{budget, feature, read_config_bytes, rearm, ActivateError, Activation, Queues, VirtioDevice};
 use crate::event_loop::EventOps;
 use crate::guest_warn;
 use crate::metrics::METRICS;
@@ -56,20 +54,12 @@ pub enum NetError {
 }
 
 #[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: std::sync::Arc<Interrupt>,
-    queues: Vec<Queue>,
-    evts: Vec<EventFd>,
-}
-
-#[derive(Debug)]
 pub struct Net {
     tap: OwnedFd,
     mac: MacAddr,
     mtu: u16,
     acked: u64,
-    active: Option<Active>,
+    active: Option<Queues>,
     /// The device watches the tap (it stops while the guest has no receive buffer).
     watching_tap: bool,
     /// The tap failed (its interface was deleted, its namespace went away): never
@@ -382,33 +372,15 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation, ops: &EventOps) -> Result<(), ActivateError> {
-        let got = activation.queues.len();
-        if got != 2 || activation.queue_evts.len() != 2 {
-            return Err(ActivateError::QueueCount { got, want: 2 });
-        }
         // Partial checksums reach the guest only if it said it takes them.
         let offload = if self.acked & feature(VIRTIO_NET_F_GUEST_CSUM) != 0 { libc::TUN_F_CSUM } else { 0 };
         set_offload(&self.tap, offload)
             .map_err(|e| ActivateError::Host(format!("the tap refused its offloads (TUNSETOFFLOAD): {e}")))?;
         // Activation runs on a vCPU thread, whose filter has no `read`: the event loop
-        // serves the tap from its first event on. On error nothing stays registered.
-        let fds: Vec<RawFd> = activation.queue_evts.iter().map(AsRawFd::as_raw_fd).collect();
+        // serves the tap from its first event on.
         let watch = (!self.tap_failed).then(|| self.tap.as_raw_fd());
-        for (i, fd) in fds.iter().copied().chain(watch).enumerate() {
-            if let Err(e) = ops.add(fd, EventSet::IN) {
-                for added in fds.iter().copied().chain(watch).take(i) {
-                    let _ = ops.remove(added);
-                }
-                return Err(ActivateError::Register(e));
-            }
-        }
+        self.active = Some(Queues::activate(activation, 2, watch.as_slice(), ops)?);
         self.watching_tap = watch.is_some();
-        self.active = Some(Active {
-            mem: activation.mem,
-            interrupt: activation.interrupt,
-            queues: activation.queues,
-            evts: activation.queue_evts,
-        });
         Ok(())
     }
 
@@ -418,12 +390,8 @@ impl VirtioDevice for Net {
             log::error!("net: the tap failed ({events:?}); the guest's NIC receives nothing from now on");
             self.tap_failed = true;
         }
-        if let Some(queue) = active.evts.iter().position(|e| e.as_raw_fd() == fd) {
-            let _ = active.evts[queue].read();
-            METRICS.virtio_notifications.inc();
-            if queue == TX {
-                self.process_tx();
-            }
+        if active.take_notification(fd) == Some(TX) {
+            self.process_tx();
         }
         // A tap event, or new receive buffers: either can let frames through.
         self.process_rx(ops);
@@ -433,14 +401,12 @@ impl VirtioDevice for Net {
         self.unwatch_tap(ops);
         self.pending = None;
         if let Some(active) = self.active.take() {
-            for evt in &active.evts {
-                let _ = ops.remove(evt.as_raw_fd());
-            }
+            active.deactivate(ops);
         }
     }
 
     fn queues(&self) -> &[Queue] {
-        self.active.as_ref().map_or(&[], |a| a.queues.as_slice())
+        Queues::queues(&self.active)
     }
 
     fn snapshot(&self) -> serde_json::Value {
@@ -464,10 +430,11 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use super::*;
+    use crate::devices::virtio::Interrupt;
 
     const MAC: MacAddr = MacAddr([0x02, 0x42, 0x0a, 0x58, 0x00, 0x05]);
     /// IEEE's "local experimental" EtherType: nothing else in the test's namespace sends it.

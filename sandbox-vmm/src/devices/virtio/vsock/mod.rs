@@ -17,18 +17,16 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use self::connection::{Connection, Interest, Verdict};
 use self::packet::*;
-use super::{feature, ActivateError, Activation, Interrupt, VirtioDevice};
+use super::{feature, ActivateError, Activation, Queues, VirtioDevice};
 use crate::config::VsockConfig;
 use crate::event_loop::EventOps;
 use crate::guest_warn;
@@ -59,14 +57,6 @@ pub enum VsockError {
 type Key = (u32, u32); // (host-side port, guest-side port)
 
 #[derive(Debug)]
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<Interrupt>,
-    queues: Vec<Queue>,
-    evts: Vec<EventFd>,
-}
-
-#[derive(Debug)]
 struct Handshake {
     stream: UnixStream,
     line: Vec<u8>,
@@ -77,7 +67,7 @@ pub struct Vsock {
     cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
-    active: Option<Active>,
+    active: Option<Queues>,
     handshakes: HashMap<RawFd, Handshake>,
     conns: BTreeMap<Key, Connection>,
     by_fd: HashMap<RawFd, Key>,
@@ -510,7 +500,7 @@ fn write_packet(
     (HDR_LEN + payload.len()) as u32
 }
 
-fn add_used(active: &mut Active, head: u16, len: u32) {
+fn add_used(active: &mut Queues, head: u16, len: u32) {
     if let Err(e) = active.queues[RX].add_used(&active.mem, head, len) {
         guest_warn!("vsock: cannot return an rx buffer: {e}");
     }
@@ -536,28 +526,14 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, activation: Activation, ops: &EventOps) -> Result<(), ActivateError> {
-        if activation.queues.len() != 3 || activation.queue_evts.len() != 3 {
-            return Err(ActivateError::QueueCount { got: activation.queues.len(), want: 3 });
-        }
-        for evt in &activation.queue_evts {
-            ops.add(evt.as_raw_fd(), EventSet::IN).map_err(ActivateError::Register)?;
-        }
-        ops.add(self.listener.as_raw_fd(), EventSet::IN).map_err(ActivateError::Register)?;
-        self.active = Some(Active {
-            mem: activation.mem,
-            interrupt: activation.interrupt,
-            queues: activation.queues,
-            evts: activation.queue_evts,
-        });
+        self.active = Some(Queues::activate(activation, 3, &[self.listener.as_raw_fd()], ops)?);
         self.rx_starved = false;
         Ok(())
     }
 
     fn on_event(&mut self, fd: RawFd, events: EventSet, ops: &EventOps) {
         let Some(active) = &self.active else { return };
-        if let Some(queue) = active.evts.iter().position(|e| e.as_raw_fd() == fd) {
-            let _ = active.evts[queue].read();
-            METRICS.virtio_notifications.inc();
+        if let Some(queue) = active.take_notification(fd) {
             match queue {
                 RX => self.rx_starved = false,
                 TX => self.process_tx(ops),
@@ -587,14 +563,12 @@ impl VirtioDevice for Vsock {
         self.control.clear();
         let _ = ops.remove(self.listener.as_raw_fd());
         if let Some(active) = self.active.take() {
-            for evt in &active.evts {
-                let _ = ops.remove(evt.as_raw_fd());
-            }
+            active.deactivate(ops);
         }
     }
 
     fn queues(&self) -> &[Queue] {
-        self.active.as_ref().map_or(&[], |a| a.queues.as_slice())
+        Queues::queues(&self.active)
     }
 
     fn snapshot(&self) -> serde_json::Value {
@@ -675,7 +649,12 @@ mod tests {
     }
 
     mod hostile {
+        use std::sync::Arc;
+
+        use vmm_sys_util::eventfd::EventFd;
+
         use super::super::*;
+        use crate::devices::virtio::Interrupt;
         use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
         use virtio_queue::desc::{split::Descriptor, RawDescriptor};
         use virtio_queue::mock::MockSplitQueue;
