@@ -6,6 +6,7 @@
 //! [`AgentGuest`] converts. Deadlines belong to the real client too: the service
 //! only says what it wants done.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -115,6 +116,9 @@ impl Default for Timeouts {
 pub struct AgentGuest {
     client: AgentClient,
     timeouts: Timeouts,
+    /// The guest console, whose last lines go to the shim's log when a call times out:
+    /// a stalled guest kernel says why there (RCU stalls, soft lockups, oopses).
+    console: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentGuest {
@@ -162,15 +166,27 @@ impl AgentGuest {
     }
 
     pub fn with_timeouts(client: AgentClient, timeouts: Timeouts) -> AgentGuest {
-        AgentGuest { client, timeouts }
+        AgentGuest { client, timeouts, console: None }
+    }
+
+    /// Logs `console`'s last lines with every call that times out.
+    pub fn with_console(self, console: PathBuf) -> AgentGuest {
+        AgentGuest { console: Some(console), ..self }
     }
 
     fn call(&self) -> context::Context {
         deadline(self.timeouts.call)
     }
 
-    fn failed(&self, call: &'static str) -> impl FnOnce(ttrpc::Error) -> GuestError {
-        classify(call, self.timeouts.call)
+    fn failed(&self, call: &'static str) -> impl FnOnce(ttrpc::Error) -> GuestError + '_ {
+        let classify = classify(call, self.timeouts.call);
+        move |e| {
+            let err = classify(e);
+            if let (GuestError::Timeout { .. }, Some(console)) = (&err, &self.console) {
+                log::warn!("{err}; the guest console's last lines:\n{}", crate::sandbox::console_tail(console));
+            }
+            err
+        }
     }
 }
 

@@ -193,7 +193,7 @@ impl Sandbox {
         let sandbox = Sandbox {
             dir: dir.to_path_buf(),
             vmm_pid,
-            agent: Arc::new(AgentGuest::new(agent)),
+            agent: Arc::new(AgentGuest::new(agent).with_console(layout.console.clone())),
             layout,
             jail,
             exited,

@@ -76,7 +76,7 @@ fn snapshot(containerd: &Containerd, id: &str, base: &Path, run: usize) -> Sampl
         .output()
         .expect("brig snapshot runs");
     let wall = started.elapsed();
-    assert!(out.status.success(), "brig snapshot: {}\n{}", describe(&out), containerd.log());
+    assert!(out.status.success(), "brig snapshot: {}\n{}", describe(&out), containerd.log_for_failure());
     let bytes: u64 =
         ["memory.elf", "state.bin"].iter().map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len())).sum();
     let paused = paused_ms(&String::from_utf8_lossy(&out.stdout));

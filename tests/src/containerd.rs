@@ -113,7 +113,7 @@ impl Containerd {
         let mut containerd = Containerd { child, dir, address };
         let deadline = Instant::now() + Duration::from_secs(60);
         while containerd.ctr(&["version"]).status.code() != Some(0) {
-            assert!(Instant::now() < deadline, "containerd did not come up:\n{}", containerd.log());
+            assert!(Instant::now() < deadline, "containerd did not come up:\n{}", containerd.log_for_failure());
             if let Ok(Some(status)) = containerd.child.try_wait() {
                 panic!("containerd exited ({status}):\n{}", containerd.log());
             }
@@ -128,7 +128,7 @@ impl Containerd {
     /// Asserts that a `ctr` command succeeded; shows its output and containerd's log.
     #[track_caller]
     pub fn assert_ok(&self, out: &Output) {
-        assert!(out.status.success(), "{}\ncontainerd's log:\n{}", describe(out), self.log());
+        assert!(out.status.success(), "{}\ncontainerd's log:\n{}", describe(out), self.log_for_failure());
     }
 
     /// `ctr task kill -s SIGKILL`, then, once the task is stopped, `ctr task delete`
@@ -145,6 +145,15 @@ impl Containerd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The log without containerd's start-up chatter (a line per plugin), for failure
+    /// messages: what the shim and the runtime said comes first in a truncated report.
+    pub fn log_for_failure(&self) -> String {
+        const STARTUP: [&str; 3] =
+            ["msg=\"loading plugin ", "msg=\"skip loading plugin ", "msg=\"failed to load plugin "];
+        let log = self.log();
+        log.lines().filter(|line| !STARTUP.iter().any(|noise| line.contains(noise))).collect::<Vec<_>>().join("\n")
     }
 
     /// A `ctr` command against this containerd.
@@ -316,7 +325,7 @@ impl Containerd {
     /// [`assert_no_leftovers`], with containerd's log (it holds the shims' logs) on failure.
     pub fn assert_no_leftovers(&self, context: &str) {
         if let Err(found) = wait_for_no_leftovers() {
-            panic!("{context}: left behind {found:#?}\ncontainerd's log:\n{}", self.log());
+            panic!("{context}: left behind {found:#?}\ncontainerd's log:\n{}", self.log_for_failure());
         }
     }
 }

@@ -101,7 +101,7 @@ fn assert_failed_create_cleaned_up(containerd: &Containerd, id: &str) {
         assert!(!stderr(&out).contains("ttrpc: closed"), "{}", describe(&out));
     }
     containerd.assert_no_leftovers(id);
-    assert!(!containerd.log().contains("panicked at"), "a shim panicked:\n{}", containerd.log());
+    assert!(!containerd.log().contains("panicked at"), "a shim panicked:\n{}", containerd.log_for_failure());
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn an_agent_that_never_answers_fails_create_within_agent_timeout_secs() {
     let (out, took) = within(bound, "ctr run", containerd.run_command(&["--rm"], "silent", &["true"]));
     assert!(!out.status.success(), "{}", describe(&out));
     let expected = format!("the guest agent did not answer within {AGENT_TIMEOUT_SECS}s (agent_timeout_secs)");
-    assert!(stderr(&out).contains(&expected), "{}\ncontainerd:\n{}", describe(&out), containerd.log());
+    assert!(stderr(&out).contains(&expected), "{}\ncontainerd:\n{}", describe(&out), containerd.log_for_failure());
     assert!(stderr(&out).contains("hostile: agent connection"), "the agent was reached: {}", describe(&out));
     eprintln!("silent: ctr run failed after {took:?}");
     assert_failed_create_cleaned_up(&containerd, "silent");
@@ -128,7 +128,7 @@ fn an_agent_that_answers_garbage_fails_create_within_agent_timeout_secs() {
     let (out, took) = within(bound, "ctr run", containerd.run_command(&["--rm"], "garbage", &["true"]));
     assert!(!out.status.success(), "{}", describe(&out));
     let expected = format!("the guest agent did not answer within {AGENT_TIMEOUT_SECS}s (agent_timeout_secs)");
-    assert!(stderr(&out).contains(&expected), "{}\ncontainerd:\n{}", describe(&out), containerd.log());
+    assert!(stderr(&out).contains(&expected), "{}\ncontainerd:\n{}", describe(&out), containerd.log_for_failure());
     assert!(stderr(&out).contains("hostile: agent connection"), "the agent was reached: {}", describe(&out));
     eprintln!("garbage: ctr run failed after {took:?}");
     assert_failed_create_cleaned_up(&containerd, "garbage");
@@ -144,7 +144,7 @@ fn a_frame_claiming_4_gib_is_neither_read_nor_waited_for_past_the_calls_deadline
         peak_shim_rss_kib(|| within(bound, "ctr run", containerd.run_command(&["--rm"], "oversized", &["true"])));
     assert!(!out.status.success(), "{}", describe(&out));
     let expected = format!("the guest agent did not answer CreateContainer within {CALL_TIMEOUT_SECS}s");
-    assert!(stderr(&out).contains(&expected), "{}\ncontainerd:\n{}", describe(&out), containerd.log());
+    assert!(stderr(&out).contains(&expected), "{}\ncontainerd:\n{}", describe(&out), containerd.log_for_failure());
     eprintln!("oversized: ctr run failed after {took:?}; the shim's peak RSS {peak_kib} KiB");
     assert!(peak_kib > 0, "the shim was sampled");
     assert!(peak_kib < 100 << 10, "the shim grew to {peak_kib} KiB: it allocated for the frame");
@@ -159,7 +159,7 @@ fn an_agent_that_lies_about_exits_and_pids_cannot_keep_the_task() {
     // Nothing runs, Wait answers 42 at once, and Shutdown is acknowledged but ignored
     // (brig-vmm's own shutdown ends the VM).
     let (out, took) = within(Duration::from_secs(90), "ctr run", containerd.run_command(&["--rm"], "liar", &["true"]));
-    assert_eq!(out.status.code(), Some(42), "{}\ncontainerd:\n{}", describe(&out), containerd.log());
+    assert_eq!(out.status.code(), Some(42), "{}\ncontainerd:\n{}", describe(&out), containerd.log_for_failure());
     eprintln!("lie: ctr run --rm exited 42 after {took:?}");
     containerd.assert_no_leftovers("a lying agent under ctr run --rm");
 
@@ -175,7 +175,7 @@ fn an_agent_that_lies_about_exits_and_pids_cannot_keep_the_task() {
     assert!(stderr(&delete).contains("exit code 42"), "{}", describe(&delete));
     containerd.assert_ok(&containerd.ctr(&["container", "delete", "liar2"]));
     containerd.assert_no_leftovers("a lying agent");
-    assert!(!containerd.log().contains("panicked at"), "a shim panicked:\n{}", containerd.log());
+    assert!(!containerd.log().contains("panicked at"), "a shim panicked:\n{}", containerd.log_for_failure());
 }
 
 #[test]
@@ -230,7 +230,7 @@ fn a_sigkill_the_agent_never_carries_out_ends_the_task_with_137() {
     let out = rx.recv_timeout(Duration::from_secs(KILL_GRACE_SECS + 50)).expect("ctr run ends").expect("ctr run");
     assert_eq!(out.status.code(), Some(137), "{}", describe(&out));
     containerd.assert_no_leftovers("a SIGKILL the agent ignored, under ctr run");
-    assert!(!containerd.log().contains("panicked at"), "a shim panicked:\n{}", containerd.log());
+    assert!(!containerd.log().contains("panicked at"), "a shim panicked:\n{}", containerd.log_for_failure());
 }
 
 #[test]

@@ -18,7 +18,7 @@ fn ctr_run_passes_back_output_and_exit_code() {
     brig_tests::require_kvm_host();
     let containerd = Containerd::start();
     let out = containerd.run("hello", &["sh", "-c", "echo out $(uname -r); echo err >&2; exit 7"]);
-    assert_eq!(out.status.code(), Some(7), "{}\n{}", describe(&out), containerd.log());
+    assert_eq!(out.status.code(), Some(7), "{}\n{}", describe(&out), containerd.log_for_failure());
     let guest_kernel = stdout(&out).trim().strip_prefix("out ").map(str::to_owned);
     let guest_kernel = guest_kernel.unwrap_or_else(|| panic!("{}", describe(&out)));
     assert_ne!(guest_kernel, host_kernel(), "the container ran on the host's kernel");
@@ -175,7 +175,7 @@ fn a_terminal_has_the_callers_size_and_runs_an_interactive_shell() {
     let containerd = Containerd::start();
     let (code, screen) =
         containerd.run_in_terminal("tty", &["sh"], b"stty size; tty; echo answer=$((6*7)); exit 5\n", 33, 101);
-    assert_eq!(code, Some(5), "{screen}\n{}", containerd.log());
+    assert_eq!(code, Some(5), "{screen}\n{}", containerd.log_for_failure());
     assert!(screen.contains("33 101"), "the pty has ctr's window size: {screen:?}");
     assert!(screen.contains("\n/dev/pts/0\r"), "stdin is the container's own pty: {screen:?}");
     assert!(screen.contains("answer=42"), "{screen:?}");

@@ -47,7 +47,7 @@ fn main() -> Result<()> {
 
 fn check(out: &Output, containerd: &Containerd) -> Result<()> {
     if !out.status.success() {
-        bail!("ctr run failed: {}\ncontainerd's log:\n{}", describe(out), containerd.log());
+        bail!("ctr run failed: {}\ncontainerd's log:\n{}", describe(out), containerd.log_for_failure());
     }
     Ok(())
 }
