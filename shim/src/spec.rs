@@ -1,6 +1,6 @@
 //! The OCI spec as the guest gets it, and the VM size it asks for.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 use serde_json::{Map, Value};
@@ -24,9 +24,40 @@ pub struct GuestSpec {
     pub spec: Spec,
 }
 
-/// `config.json` from the bundle, made fit for the guest: hooks (host binaries)
-/// and the host cgroup path are dropped; bind mounts of host paths are refused,
-/// since the guest cannot see the host's files.
+/// Whose network the container has: brig joins a host network namespace to the VM
+/// (crate::network); inside the guest the container always gets a namespace of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkNamespace {
+    /// A new namespace (plain `ctr run`, `ctr run --cni`): the container has loopback
+    /// until an interface is joined to it.
+    New,
+    /// The host namespace at this path, which CNI has set up (CRI's pod sandbox,
+    /// `ctr run --with-ns network:PATH`): its interface is joined to the VM.
+    Host(PathBuf),
+}
+
+/// The spec's network namespace. A spec without one asks for the host's network
+/// (`--net-host`), which a VM cannot share: refused, saying so.
+pub fn network_namespace(spec: &Spec) -> Result<NetworkNamespace, ShimError> {
+    let namespaces = spec.linux().as_ref().and_then(|linux| linux.namespaces().as_ref());
+    let network =
+        namespaces.into_iter().flatten().find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network);
+    match network {
+        None => Err(ShimError::InvalidArgument(
+            "the spec shares the host's network namespace (--net-host), which a brig container cannot: \
+             it runs in its own VM, with its own kernel and network stack; run it without --net-host"
+                .into(),
+        )),
+        Some(ns) => Ok(match ns.path() {
+            Some(path) => NetworkNamespace::Host(path.clone()),
+            None => NetworkNamespace::New,
+        }),
+    }
+}
+
+/// `config.json` from the bundle, made fit for the guest: hooks (host binaries),
+/// the host cgroup path and the host path of the network namespace are dropped; bind
+/// mounts of host paths are refused, since the guest cannot see the host's files.
 pub fn guest_spec(bundle: &Path) -> Result<GuestSpec, ShimError> {
     let path = bundle.join("config.json");
     let invalid = |e: serde_json::Error| ShimError::InvalidArgument(format!("{}: {e}", path.display()));
@@ -40,10 +71,20 @@ pub fn guest_spec(bundle: &Path) -> Result<GuestSpec, ShimError> {
     }
     if let Some(linux) = raw.get_mut("linux").and_then(Value::as_object_mut) {
         linux.remove("cgroupsPath");
+        // The guest's container gets a network namespace of its own, which brig joins
+        // to the host's: the host path means nothing in the guest.
+        let namespaces = linux.get_mut("namespaces").and_then(Value::as_array_mut);
+        for ns in namespaces.into_iter().flatten().filter_map(Value::as_object_mut) {
+            if ns.get("type").and_then(Value::as_str) == Some("network") {
+                ns.remove("path");
+            }
+        }
     }
     let bytes = serde_json::to_vec(&raw).map_err(|e| ShimError::Internal(format!("encoding the spec: {e}")))?;
     // Typed from what the agent gets, so the shim refuses exactly what the agent would.
     let spec: Spec = serde_json::from_slice(&bytes).map_err(invalid)?;
+    // Before the binds: `--net-host` also bind-mounts the host's /etc/hosts.
+    network_namespace(&spec)?;
     refuse_host_binds(&spec)?;
     Ok(GuestSpec { bytes, spec })
 }
@@ -157,6 +198,36 @@ mod tests {
     }
 
     #[test]
+    fn the_network_namespace_is_new_a_host_path_or_refused_for_the_hosts_network() {
+        let ns = |namespaces: Value| network_namespace(&typed(json!({"linux": {"namespaces": namespaces}})));
+        assert_eq!(ns(json!([{"type": "pid"}, {"type": "network"}])).expect("new"), NetworkNamespace::New);
+        let joined = ns(json!([{"type": "network", "path": "/var/run/netns/cni-1"}])).expect("a path");
+        assert_eq!(joined, NetworkNamespace::Host("/var/run/netns/cni-1".into()));
+        let host = ns(json!([{"type": "pid"}, {"type": "mount"}])).expect_err("--net-host");
+        assert!(matches!(host, ShimError::InvalidArgument(_)), "{host:?}");
+        assert!(host.to_string().contains("run it without --net-host"), "{host}");
+        assert!(network_namespace(&typed(json!({}))).is_err(), "no namespaces at all: the host's network");
+    }
+
+    #[test]
+    fn the_guest_spec_drops_the_host_path_of_the_network_namespace() {
+        let dir = std::env::temp_dir().join(format!("brig-shim-spec-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let namespaces = json!([{"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"}]);
+        let spec = json!({"ociVersion": "1.2.0", "linux": {"namespaces": namespaces}});
+        std::fs::write(dir.join("config.json"), spec.to_string()).expect("write");
+        let fit = guest_spec(&dir).expect("fit");
+        let guest: Value = serde_json::from_slice(&fit.bytes).expect("json");
+        assert_eq!(guest["linux"]["namespaces"], json!([{"type": "pid"}, {"type": "network"}]));
+        let host = json!({"ociVersion": "1.2.0", "linux": {"namespaces": [{"type": "pid"}]}, "mounts": [
+            {"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind"]}]});
+        std::fs::write(dir.join("config.json"), host.to_string()).expect("write");
+        let err = guest_spec(&dir).expect_err("--net-host");
+        assert!(err.to_string().contains("--net-host"), "the namespace is named, not the /etc/hosts bind: {err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
     fn hooks_and_host_binds_are_handled_and_unknown_fields_kept() {
         let dir = std::env::temp_dir().join(format!("brig-shim-spec-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -164,7 +235,7 @@ mod tests {
             "ociVersion": "1.2.0",
             "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
             "hooks": {"prestart": [{"path": "/usr/bin/true"}]},
-            "linux": {"cgroupsPath": "/default/x", "futureLinuxField": {"a": 1}},
+            "linux": {"cgroupsPath": "/default/x", "futureLinuxField": {"a": 1}, "namespaces": [{"type": "network"}]},
             "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
             "futureField": [1, 2]
         });
@@ -177,12 +248,14 @@ mod tests {
         assert!(fit.spec.hooks().is_none());
         assert_eq!(fit.spec.process().as_ref().and_then(|p| p.args().clone()), Some(vec!["sh".to_owned()]));
 
-        let with_bind =
-            json!({"mounts": [{"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]}]});
+        let own_network = json!({"namespaces": [{"type": "network"}]});
+        let with_bind = json!({"linux": own_network,
+            "mounts": [{"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]}]});
         std::fs::write(dir.join("config.json"), with_bind.to_string()).expect("write");
         let err = guest_spec(&dir).expect_err("host bind");
         assert!(matches!(err, ShimError::Unimplemented(_)) && err.to_string().contains("/srv/data"), "{err}");
-        let relative = json!({"mounts": [{"destination": "/data", "type": "bind", "source": "data"}]});
+        let relative =
+            json!({"linux": own_network, "mounts": [{"destination": "/data", "type": "bind", "source": "data"}]});
         std::fs::write(dir.join("config.json"), relative.to_string()).expect("write");
         guest_spec(&dir).expect("a relative bind source is inside the rootfs");
 

@@ -29,8 +29,9 @@ pub const BASE: &[&str] = &[
     "crash",
 ];
 
-/// containerd and its peers, for the shim's end-to-end tests and the demo.
-pub const CONTAINERD: &[&str] = &["containerd", "runc"];
+/// containerd and its peers (runc, the CNI plugins in /usr/lib/cni), for the shim's
+/// end-to-end tests and the demo.
+pub const CONTAINERD: &[&str] = &["containerd", "runc", "containernetworking-plugins"];
 
 static UPDATED: AtomicBool = AtomicBool::new(false);
 

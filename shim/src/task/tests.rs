@@ -376,7 +376,11 @@ impl Harness {
         let spec = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {"args": ["sleep", "1000"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-            "linux": {"resources": {"memory": {"limit": 128 << 20}}, "cgroupsPath": "/default/c1"},
+            "linux": {
+                "resources": {"memory": {"limit": 128 << 20}},
+                "cgroupsPath": "/default/c1",
+                "namespaces": [{"type": "network"}],
+            },
         });
         std::fs::write(bundle.join("config.json"), spec.to_string()).expect("config.json");
         // Any file will do for the artifacts: the fake host boots nothing.

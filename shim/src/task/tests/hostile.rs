@@ -149,7 +149,7 @@ async fn a_backwards_cpuset_is_refused_before_a_vm_boots() {
     let spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
-        "linux": {"resources": {"cpu": {"cpus": "5-3"}}},
+        "linux": {"resources": {"cpu": {"cpus": "5-3"}}, "namespaces": [{"type": "network"}]},
     });
     std::fs::write(h.root.join("bundle/config.json"), spec.to_string()).expect("config.json");
     let err = h.create("c1").await.expect_err("refused");
