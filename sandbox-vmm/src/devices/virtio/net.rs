@@ -71,6 +71,9 @@ pub struct Net {
     tx_buf: Vec<u8>,
 }
 
+/// /dev/net/tun's device number (misc major 10, minor 200: Documentation/admin-guide/devices.txt).
+const TUN_DEVICE: (u32, u32) = (10, 200);
+
 impl Net {
     /// Takes over the tap descriptor `config.tap_fd` (inherited from the shim), after
     /// checking it is a tap brig-vmm can use; makes it non-blocking and tells it the
@@ -81,9 +84,18 @@ impl Net {
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             return Err(NetError::NotOpen { fd });
         }
-        let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
-        if target != std::path::Path::new("/dev/net/tun") {
-            return Err(NetError::NotATap { fd, why: format!("it is {}", target.display()) });
+        // By device number, not by path: in the jail, /proc shows the tun device under
+        // the root brig-jailer pivoted away from. No TUN ioctl reaches another device.
+        // SAFETY: all-zero is a valid stat, which fstat fills for the open descriptor.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `stat` is live and writable for the call.
+        if unsafe { libc::fstat(fd, &mut stat) } < 0 {
+            return Err(NetError::Setup { fd, what: "fstat", source: std::io::Error::last_os_error() });
+        }
+        let is_char = stat.st_mode & libc::S_IFMT == libc::S_IFCHR;
+        if !is_char || (libc::major(stat.st_rdev), libc::minor(stat.st_rdev)) != TUN_DEVICE {
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+            return Err(NetError::NotATap { fd, why: format!("it is {}, not /dev/net/tun", target.display()) });
         }
         // SAFETY: the descriptor is open (checked above) and was handed to brig-vmm to
         // own; nothing else in brig-vmm refers to it, so it is closed exactly once.
