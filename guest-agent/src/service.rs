@@ -11,7 +11,7 @@ use brig_protocol::{API_MAJOR, API_MINOR};
 
 use crate::container::cgroup::CgroupError;
 use crate::container::rootfs::RootfsError;
-use crate::container::{ContainerError, Manager};
+use crate::container::{network, ContainerError, Manager};
 use crate::guest_info;
 
 /// How long after answering `Shutdown` the agent ends the VM (so the reply leaves first).
@@ -156,7 +156,9 @@ impl Agent for AgentService {
         let rootfs =
             req.rootfs.into_option().ok_or_else(|| status(Code::INVALID_ARGUMENT, "rootfs is missing".into()))?;
         let stdio = req.stdio.into_option().unwrap_or_default();
-        let pid = run(self.manager.create(&req.container_id, &req.oci_spec, &rootfs, &stdio))?;
+        let interface = req.interface.as_ref().map(network::Interface::from_request).transpose();
+        let interface = run(interface)?;
+        let pid = run(self.manager.create(&req.container_id, &req.oci_spec, &rootfs, &stdio, interface))?;
         Ok(CreateContainerResponse { pid, ..Default::default() })
     }
 

@@ -90,6 +90,22 @@ pub(crate) use self::sigsys::set_thread_label;
 
 // ---- the network (the shim) ----
 
+/// Makes `cmd`'s child keep descriptor `fd` open across its exec (the shim's
+/// descriptors are close-on-exec; the tap is the one brig-vmm inherits). Only
+/// `fcntl` runs between fork and exec, which is async-signal-safe.
+pub fn keep_open_on_exec(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
+    // SAFETY: the closure calls only fcntl(2), async-signal-safe, on a number; a
+    // descriptor that is not open makes it fail, which brig-vmm then reports.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Creates tap `name` in the calling thread's network namespace and returns its
 /// descriptor (close-on-exec): `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, not persistent,
 /// so the interface goes away with its last descriptor. nix wraps no TUN ioctl.

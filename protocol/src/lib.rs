@@ -7,8 +7,9 @@
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// API version the agent reports in `Ping` (see the versioning note in agent.proto).
 pub const API_MAJOR: u32 = 1;
-/// Minor 1 added the container API, minor 2 `DescribeGuest`, minor 3 `Ping`'s guest clock.
-pub const API_MINOR: u32 = 3;
+/// Minor 1 added the container API, minor 2 `DescribeGuest`, minor 3 `Ping`'s guest clock,
+/// minor 4 `CreateContainerRequest.interface`.
+pub const API_MINOR: u32 = 4;
 
 pub mod stdio;
 

@@ -61,13 +61,15 @@ pub struct ProcessExit {
 /// What the shim asks of the agent in a task's VM.
 #[async_trait]
 pub trait Guest: Send + Sync + std::fmt::Debug {
-    /// Creates the container; its process waits for [`Guest::start_container`].
+    /// Creates the container; its process waits for [`Guest::start_container`]. With
+    /// `interface`, the VM's NIC goes into its network namespace, configured so.
     async fn create_container(
         &self,
         id: &str,
         oci_spec: Vec<u8>,
         rootfs: api::Rootfs,
         stdio: api::Stdio,
+        interface: Option<api::Interface>,
     ) -> Result<(), GuestError>;
     async fn start_container(&self, id: &str) -> Result<(), GuestError>;
     /// Starts an OCI `process` object (JSON) in the running container.
@@ -198,12 +200,14 @@ impl Guest for AgentGuest {
         oci_spec: Vec<u8>,
         rootfs: api::Rootfs,
         stdio: api::Stdio,
+        interface: Option<api::Interface>,
     ) -> Result<(), GuestError> {
         let request = api::CreateContainerRequest {
             container_id: id.to_owned(),
             oci_spec,
             rootfs: Some(rootfs).into(),
             stdio: Some(stdio).into(),
+            interface: interface.into(),
             ..Default::default()
         };
         self.client.create_container(self.call(), &request).await.map_err(self.failed("CreateContainer"))?;

@@ -145,6 +145,7 @@ pub fn prepare(
     size: Size,
     rootfs: &Path,
     vmm_args: Vec<String>,
+    keep_fds: Vec<i32>,
 ) -> Result<(std::process::Command, Jail), ShimError> {
     let range = UidRange { first: config.jail_uid_first, count: config.jail_uid_count };
     range
@@ -189,7 +190,7 @@ pub fn prepare(
         },
         landlock: config.jail_landlock,
         memory_tmpfs: config.huge_pages.then_some(size.memory_mib << 20),
-        keep_fds: Vec::new(),
+        keep_fds,
     };
     let written = serde_json::to_vec_pretty(&spec)
         .map_err(|e| ShimError::Internal(format!("encoding jail.json: {e}")))
@@ -246,8 +247,8 @@ mod tests {
         files::write_private(&dir.join("vm.json"), "{}").expect("vm.json");
         let config = Config { state_dir: root.clone(), ..Config::default() };
         let size = Size { vcpus: 2, memory_mib: 256, cpu_max: Some((150_000, 100_000)) };
-        let (cmd, jail) = prepare(&config, &dir, size, Path::new("/img"), vec!["--config".into(), "/vm.json".into()])
-            .expect("prepare");
+        let args = vec!["--config".into(), "/vm.json".into()];
+        let (cmd, jail) = prepare(&config, &dir, size, Path::new("/img"), args, vec![7]).expect("prepare");
         assert_eq!(cmd.get_program(), config.jailer.as_os_str());
         assert_eq!(cmd.get_envs().count(), 0, "the jailer starts with an empty environment");
         let spec = JailSpec::from_file(&dir.join("jail.json")).expect("jail.json");
@@ -256,6 +257,7 @@ mod tests {
         assert_eq!(owner, spec.uid, "brig-vmm can read its vm.json");
         assert!(spec.uid >= config.jail_uid_first && spec.uid < config.jail_uid_first + config.jail_uid_count);
         assert_eq!(spec.devices, vec![Device::Kvm]);
+        assert_eq!(spec.keep_fds, vec![7], "the tap brig-vmm inherits");
         assert!(spec.files.iter().all(|f| !f.writable), "{:?}", spec.files);
         let cgroup = spec.cgroup.expect("cgroup");
         assert_eq!(cgroup.path, Path::new("brig/0a1b2c3d"));

@@ -123,6 +123,68 @@ pub fn leave(netns: &Path, name: &str) -> Result<(), NetworkError> {
     in_netns(netns, |handle, path| async move { leave_in(&handle, &path, &name).await })
 }
 
+/// What a task's `network` file records of its join, so that the interface is
+/// left also by `shim delete` after the shim was killed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub netns: PathBuf,
+    pub interface: String,
+}
+
+/// The file in a task's state directory holding its [`Attachment`].
+const ATTACHMENT_FILE: &str = "network";
+
+impl From<NetworkError> for crate::error::ShimError {
+    fn from(e: NetworkError) -> Self {
+        use crate::error::ShimError;
+        let text = crate::error::chain(&e);
+        match e {
+            NetworkError::NoInterface { .. } | NetworkError::SeveralInterfaces { .. } | NetworkError::Busy { .. } => {
+                ShimError::FailedPrecondition(text)
+            }
+            NetworkError::Netns { .. } => ShimError::InvalidArgument(text),
+            _ => ShimError::Internal(text),
+        }
+    }
+}
+
+/// Joins `netns` to the VM of the task in `dir` (off the async runtime: netlink runs on
+/// a thread of its own) and records it there before anything else can fail.
+pub async fn join_task(netns: PathBuf, dir: &Path) -> Result<(Joined, Attachment), crate::error::ShimError> {
+    let path = netns.clone();
+    let joined = tokio::task::spawn_blocking(move || join(&path))
+        .await
+        .map_err(|e| crate::error::ShimError::Internal(format!("network join task: {e}")))??;
+    let attachment = Attachment { netns, interface: joined.interface.name.clone() };
+    let body = serde_json::to_vec(&attachment).map_err(|e| crate::error::ShimError::Internal(e.to_string()));
+    let recorded = body.and_then(|body| Ok(crate::files::write_private(&dir.join(ATTACHMENT_FILE), body)?));
+    if let Err(e) = recorded {
+        leave_task(&attachment).await;
+        return Err(e);
+    }
+    Ok((joined, attachment))
+}
+
+/// Undoes [`join_task`]; a failure is logged (the task is going away regardless).
+pub async fn leave_task(attachment: &Attachment) {
+    let Attachment { netns, interface } = attachment.clone();
+    let left = tokio::task::spawn_blocking(move || leave(&netns, &interface)).await;
+    match left {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("leaving {}: {}", attachment.netns.display(), crate::error::chain(&e)),
+        Err(e) => log::warn!("leaving {}: {e}", attachment.netns.display()),
+    }
+}
+
+/// [`leave_task`] for what the task in `dir` recorded, if anything (`shim delete`).
+pub async fn leave_recorded(dir: &Path) {
+    let Ok(body) = std::fs::read(dir.join(ATTACHMENT_FILE)) else { return };
+    match serde_json::from_slice::<Attachment>(&body) {
+        Ok(attachment) => leave_task(&attachment).await,
+        Err(e) => log::warn!("{}/{ATTACHMENT_FILE} is not the shim's: {e}", dir.display()),
+    }
+}
+
 /// What a `join` has made so far, so that a failed one undoes exactly that.
 #[derive(Debug, Default)]
 struct Made {

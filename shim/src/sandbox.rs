@@ -5,6 +5,7 @@
 //! binary, and talks to it only through its sockets (docs/control-socket.md).
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,7 +19,9 @@ use brig_protocol::ttrpc::asynchronous::transport::Socket;
 use brig_protocol::ttrpc::context;
 use brig_protocol::{AGENT_VSOCK_PORT, API_MAJOR, API_MINOR};
 use brig_vmm_api::client::{AsyncClient, ClientError};
-use brig_vmm_api::config::{BlockConfig, BootConfig, MachineConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use brig_vmm_api::config::{
+    BlockConfig, BootConfig, MacAddr, MachineConfig, NetConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+};
 use brig_vmm_api::vsock::{self, VsockError};
 use tokio::sync::watch;
 
@@ -128,6 +131,15 @@ pub fn vmm_command(config: &Config, vm_json: &Path) -> std::process::Command {
 /// How much of the console's end is read for error messages.
 const CONSOLE_TAIL_BYTES: u64 = 16 << 10;
 
+/// The guest NIC of a VM whose network namespace is joined (crate::network): the tap
+/// brig-vmm serves, and the address and MTU of the interface CNI made.
+#[derive(Debug)]
+pub struct Nic {
+    pub tap: std::os::fd::OwnedFd,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+}
+
 /// The end of brig-vmm's (and brig-jailer's) stderr, `vmm.log`, for error messages.
 pub fn vmm_log_tail(dir: &Path) -> String {
     files::read_tail(&dir.join("vmm.log"), CONSOLE_TAIL_BYTES)
@@ -148,19 +160,32 @@ impl Sandbox {
         dir: &Path,
         size: Size,
         rootfs_image: &Path,
+        nic: Option<Nic>,
     ) -> Result<Arc<Sandbox>, ShimError> {
         let layout = Layout::new(config, dir, rootfs_image);
-        let body = serde_json::to_vec_pretty(&vm_config(config, &layout.vm, size))
-            .map_err(|e| ShimError::Internal(format!("encoding vm.json: {e}")))?;
+        let mut vm = vm_config(config, &layout.vm, size);
+        // brig-vmm inherits the tap at the number it has here; the shim's copy closes
+        // when `nic` drops at the end of this call, so the tap dies with brig-vmm.
+        let tap_fd = nic.as_ref().map(|nic| nic.tap.as_raw_fd());
+        if let (Some(nic), Some(tap_fd)) = (&nic, tap_fd) {
+            vm.net.push(NetConfig { tap_fd, mac: MacAddr(nic.mac), mtu: nic.mtu });
+        }
+        let body = serde_json::to_vec_pretty(&vm).map_err(|e| ShimError::Internal(format!("encoding vm.json: {e}")))?;
         files::write_private(&dir.join("vm.json"), body)?;
-        let (command, jail) = if config.jail {
-            let (command, jail) = jail::prepare(config, dir, size, rootfs_image, vmm_args(config, &layout.vm.vm_json))?;
+        let vmm_args = vmm_args(config, &layout.vm.vm_json);
+        let (mut command, jail) = if config.jail {
+            let keep_fds = tap_fd.into_iter().collect();
+            let (command, jail) = jail::prepare(config, dir, size, rootfs_image, vmm_args, keep_fds)?;
             (command, Some(jail))
         } else {
             log::warn!("brig-vmm runs WITHOUT its jail (jail = false in the config): for development only");
             (vmm_command(config, &layout.vm.vm_json), None)
         };
+        if let Some(fd) = tap_fd {
+            brig_policy::sys::keep_open_on_exec(&mut command, fd);
+        }
         let started = spawn(config, dir, command).await;
+        drop(nic);
         let (exited, vmm_pid) = match started {
             Ok(started) => {
                 timeline::mark(Step::VmmSpawned);

@@ -59,6 +59,7 @@ impl Shim for Service {
             log::warn!("killed brig-vmm {pid} left behind by the shim of {}", self.id);
         }
         crate::jail::release_recorded(&config, &dir);
+        crate::network::leave_recorded(&dir).await;
         if let Ok(bundle) = std::env::current_dir() {
             image::unmount_rootfs(&bundle);
         }

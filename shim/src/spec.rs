@@ -22,6 +22,9 @@ pub struct GuestSpec {
     pub bytes: Vec<u8>,
     /// The same spec, typed, for what the shim decides from it.
     pub spec: Spec,
+    /// The network namespace the bundle's spec asks for (the host path is not in
+    /// [`GuestSpec::bytes`]).
+    pub network: NetworkNamespace,
 }
 
 /// Whose network the container has: brig joins a host network namespace to the VM
@@ -64,6 +67,7 @@ pub fn guest_spec(bundle: &Path) -> Result<GuestSpec, ShimError> {
     let text = std::fs::read(&path).map_err(ShimError::io(format!("reading {}", path.display())))?;
     // Raw on purpose, to pass unknown fields through (see `GuestSpec::bytes`).
     let mut raw: Map<String, Value> = serde_json::from_slice(&text).map_err(invalid)?;
+    let mut host_netns = None;
     if let Some(hooks) = raw.remove("hooks") {
         if hooks.as_object().is_some_and(|h| !h.is_empty()) {
             log::warn!("OCI hooks run on the host with runc; brig ignores them: {hooks}");
@@ -76,7 +80,7 @@ pub fn guest_spec(bundle: &Path) -> Result<GuestSpec, ShimError> {
         let namespaces = linux.get_mut("namespaces").and_then(Value::as_array_mut);
         for ns in namespaces.into_iter().flatten().filter_map(Value::as_object_mut) {
             if ns.get("type").and_then(Value::as_str) == Some("network") {
-                ns.remove("path");
+                host_netns = ns.remove("path");
             }
         }
     }
@@ -84,9 +88,18 @@ pub fn guest_spec(bundle: &Path) -> Result<GuestSpec, ShimError> {
     // Typed from what the agent gets, so the shim refuses exactly what the agent would.
     let spec: Spec = serde_json::from_slice(&bytes).map_err(invalid)?;
     // Before the binds: `--net-host` also bind-mounts the host's /etc/hosts.
-    network_namespace(&spec)?;
+    let network = match (network_namespace(&spec)?, host_netns) {
+        (NetworkNamespace::New, Some(Value::String(path))) => NetworkNamespace::Host(path.into()),
+        (NetworkNamespace::New, Some(other)) => {
+            return Err(ShimError::InvalidArgument(format!(
+                "{}: the network namespace's path {other} is not a string",
+                path.display()
+            )))
+        }
+        (network, _) => network,
+    };
     refuse_host_binds(&spec)?;
-    Ok(GuestSpec { bytes, spec })
+    Ok(GuestSpec { bytes, spec, network })
 }
 
 fn refuse_host_binds(spec: &Spec) -> Result<(), ShimError> {
@@ -219,6 +232,7 @@ mod tests {
         let fit = guest_spec(&dir).expect("fit");
         let guest: Value = serde_json::from_slice(&fit.bytes).expect("json");
         assert_eq!(guest["linux"]["namespaces"], json!([{"type": "pid"}, {"type": "network"}]));
+        assert_eq!(fit.network, NetworkNamespace::Host("/var/run/netns/cni-1".into()), "the shim keeps the path");
         let host = json!({"ociVersion": "1.2.0", "linux": {"namespaces": [{"type": "pid"}]}, "mounts": [
             {"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind"]}]});
         std::fs::write(dir.join("config.json"), host.to_string()).expect("write");

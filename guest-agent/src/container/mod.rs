@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 pub mod devices;
+pub mod network;
 pub mod rootfs;
 pub mod spawn;
 pub mod stdio;
@@ -245,6 +246,7 @@ impl Manager {
         spec_bytes: &[u8],
         rootfs: &RootfsRequest,
         stdio: &Stdio,
+        interface: Option<network::Interface>,
     ) -> Result<u32, ContainerError> {
         if !valid_id(id) {
             return Err(ContainerError::Invalid(format!("container id {id:?}")));
@@ -300,6 +302,13 @@ impl Manager {
         };
         send_config(&mut spawned, &config)?;
         wait_ready(&mut spawned)?;
+        if clone_flags(&spec).contains(CloneFlags::CLONE_NEWNET) {
+            network::configure(pid.as_raw() as u32, interface)?;
+        } else if interface.is_some() {
+            return Err(ContainerError::Invalid(
+                "an interface for a container without a network namespace of its own".into(),
+            ));
+        }
         io.receive_terminal()?;
         let Spawned { exit, start, status, .. } = spawned;
         let init = ProcessHandle::new(pid.as_raw() as u32, io, &mut Some((start, status)));

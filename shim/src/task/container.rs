@@ -14,8 +14,10 @@ use crate::error::ShimError;
 use crate::files;
 use crate::guest::Guest;
 use crate::io::StdioPaths;
-use crate::sandbox::{Size, ROOTFS_SERIAL};
-use crate::spec;
+use crate::network::{self, Attachment};
+use crate::sandbox::{Nic, Size, ROOTFS_SERIAL};
+use crate::spec::{self, NetworkNamespace};
+use brig_vmm_api::config::{MAX_MTU, MIN_MTU};
 
 /// Where a task keeps its sockets and logs: short enough for Unix socket paths.
 pub fn task_dir(config: &Config, namespace: &str, id: &str) -> PathBuf {
@@ -40,6 +42,42 @@ fn guest_rootfs() -> agent_api::Rootfs {
     }
 }
 
+/// The guest NIC for a joined namespace: CNI's interface's address and MTU.
+fn nic(joined: network::Joined) -> Result<Nic, ShimError> {
+    let interface = &joined.interface;
+    let mtu = u16::try_from(interface.mtu).ok().filter(|mtu| (MIN_MTU..=MAX_MTU).contains(mtu)).ok_or_else(|| {
+        ShimError::FailedPrecondition(format!(
+            "interface {} has MTU {}; a brig VM's NIC takes {MIN_MTU}-{MAX_MTU}",
+            interface.name, interface.mtu
+        ))
+    })?;
+    Ok(Nic { mac: interface.mac, mtu, tap: joined.tap })
+}
+
+/// What the agent makes of the VM's NIC in the container: CNI's interface.
+fn guest_interface(interface: &network::Interface) -> agent_api::Interface {
+    let net = |n: &network::IpNet| agent_api::IpNet {
+        address: n.addr.to_string(),
+        prefix: u32::from(n.prefix),
+        ..Default::default()
+    };
+    agent_api::Interface {
+        mac: interface.mac.to_vec(),
+        mtu: interface.mtu,
+        addresses: interface.addresses.iter().map(net).collect(),
+        routes: interface
+            .routes
+            .iter()
+            .map(|r| agent_api::Route {
+                destination: r.destination.as_ref().map(net).into(),
+                gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// A container and the VM it runs in.
 #[derive(Debug)]
 pub struct Container {
@@ -53,6 +91,8 @@ pub struct Container {
     /// The container's own process.
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The host network namespace joined to the VM, if the spec named one.
+    network: Option<Attachment>,
 }
 
 /// What a failed `Create` has made so far, undone by [`Undo::run`].
@@ -60,6 +100,7 @@ struct Undo {
     host: Arc<dyn Host>,
     dir: PathBuf,
     rootfs: Option<Rootfs>,
+    network: Option<Attachment>,
     vm: Option<Arc<dyn Vm>>,
 }
 
@@ -67,6 +108,9 @@ impl Undo {
     async fn run(self) {
         if let Some(vm) = self.vm {
             vm.stop().await;
+        }
+        if let Some(attachment) = &self.network {
+            network::leave_task(attachment).await;
         }
         if let Some(rootfs) = self.rootfs {
             self.host.release_rootfs(&rootfs);
@@ -91,7 +135,7 @@ impl Container {
         let dir = task_dir(config, namespace, &req.id);
         // Before the undo exists: a directory that is refused is not ours to remove.
         files::private_dir(&dir)?;
-        let mut undo = Undo { host, dir, rootfs: None, vm: None };
+        let mut undo = Undo { host, dir, rootfs: None, network: None, vm: None };
         match Container::create_in(config, namespace, req, bundle, spec, size, &mut undo).await {
             Ok(container) => Ok(container),
             Err(e) => {
@@ -115,7 +159,16 @@ impl Container {
         files::write_private(&dir.join("task"), format!("{namespace}/{}\n{}\nshim {shim}\n", req.id, req.bundle))?;
         let rootfs = host.prepare_rootfs(config, &bundle, &req.rootfs, &dir).await?;
         undo.rootfs = Some(rootfs.clone());
-        let vm = host.start_vm(config, &dir, size, &rootfs).await?;
+        let (nic, interface) = match spec.network.clone() {
+            NetworkNamespace::New => (None, None),
+            NetworkNamespace::Host(netns) => {
+                let (joined, attachment) = network::join_task(netns, &dir).await?;
+                undo.network = Some(attachment);
+                let interface = guest_interface(&joined.interface);
+                (Some(nic(joined)?), Some(interface))
+            }
+        };
+        let vm = host.start_vm(config, &dir, size, &rootfs, nic).await?;
         undo.vm = Some(vm.clone());
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
@@ -124,7 +177,7 @@ impl Container {
             terminal: req.terminal,
         };
         let guest = vm.guest();
-        guest.create_container(&req.id, spec.bytes, guest_rootfs(), paths.agent_stdio()).await?;
+        guest.create_container(&req.id, spec.bytes, guest_rootfs(), paths.agent_stdio(), interface).await?;
         let copies = vm.attach(&req.id, None, &paths).await?;
         let init = Process::new(None, paths, Vec::new());
         init.set_copies(copies).await;
@@ -138,6 +191,7 @@ impl Container {
             guest,
             init,
             execs: Mutex::new(HashMap::new()),
+            network: undo.network.clone(),
         }))
     }
 
@@ -236,6 +290,9 @@ impl Container {
             }
         }
         self.vm.stop().await;
+        if let Some(attachment) = &self.network {
+            network::leave_task(attachment).await;
+        }
         self.host.release_rootfs(&self.rootfs);
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(self.init.exit().unwrap_or_else(|| Exit::now(0)))

@@ -13,7 +13,7 @@ use crate::error::ShimError;
 use crate::guest::Guest;
 use crate::image::{self, RootfsImage};
 use crate::io::{self, Copies, StdioPaths};
-use crate::sandbox::{Sandbox, Size};
+use crate::sandbox::{Nic, Sandbox, Size};
 
 /// A task's rootfs, ready for its VM.
 #[derive(Debug, Clone)]
@@ -38,13 +38,15 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     ) -> Result<Rootfs, ShimError>;
     /// Undoes [`Host::prepare_rootfs`].
     fn release_rootfs(&self, rootfs: &Rootfs);
-    /// Starts the VM in `dir`, booting with `rootfs`, and waits for its agent.
+    /// Starts the VM in `dir`, booting with `rootfs` (and `nic`, a joined network
+    /// namespace's tap), and waits for its agent.
     async fn start_vm(
         &self,
         config: &Config,
         dir: &Path,
         size: Size,
         rootfs: &Rootfs,
+        nic: Option<Nic>,
     ) -> Result<Arc<dyn Vm>, ShimError>;
 }
 
@@ -115,8 +117,9 @@ impl Host for BrigHost {
         dir: &Path,
         size: Size,
         rootfs: &Rootfs,
+        nic: Option<Nic>,
     ) -> Result<Arc<dyn Vm>, ShimError> {
-        let sandbox: Arc<dyn Vm> = Sandbox::start(config, dir, size, &rootfs.image.path).await?;
+        let sandbox: Arc<dyn Vm> = Sandbox::start(config, dir, size, &rootfs.image.path, nic).await?;
         Ok(sandbox)
     }
 }

@@ -97,6 +97,7 @@ impl Guest for FakeGuest {
         oci_spec: Vec<u8>,
         rootfs: agent_api::Rootfs,
         stdio: agent_api::Stdio,
+        _interface: Option<agent_api::Interface>,
     ) -> Result<(), GuestError> {
         let spec: serde_json::Value = serde_json::from_slice(&oci_spec).expect("the guest gets JSON");
         let detail = format!(
@@ -300,6 +301,7 @@ impl Host for FakeHost {
         _dir: &Path,
         size: Size,
         _rootfs: &Rootfs,
+        _nic: Option<crate::sandbox::Nic>,
     ) -> Result<Arc<dyn Vm>, ShimError> {
         lock(&self.log).push(format!("start vm {}x{}MiB", size.vcpus, size.memory_mib));
         let vm = Arc::new(FakeVm {

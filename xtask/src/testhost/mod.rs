@@ -38,6 +38,10 @@ const MODULES: &[&str] = &[
     "tun",
     "veth",
     "bridge",
+    // The shim's tc redirects between CNI's interface and the tap (crate::network).
+    "sch_ingress",
+    "cls_u32",
+    "act_mirred",
     "ext4",
     "loop",
     // For benchmarks that compare with QEMU, whose vsock needs the vhost backend.
