@@ -8,6 +8,7 @@
 //! skipped there. Harness helpers never skip: a missing prerequisite panics with
 //! what to do about it.
 
+pub mod cni;
 pub mod container;
 pub mod containerd;
 pub mod jail;

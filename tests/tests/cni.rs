@@ -7,114 +7,15 @@
 //! or a SIGKILL of brig-vmm. Without a namespace there is only loopback (up, as with
 //! runc); `--net-host` is refused by name.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use brig_tests::cni::{accept_within, run, CniNetwork};
 use brig_tests::containerd::{describe, Containerd};
 use brig_vmm_api::client::Client;
 
-const PLUGINS: &str = "/usr/lib/cni";
 const BRIDGE: &str = "brigcni0";
 const SUBNET: &str = "10.88.7.0/24";
-
-/// A named network namespace (`ip netns add`) that CNI's bridge plugin has put on
-/// [`BRIDGE`]; CNI DEL and the namespace's removal on drop.
-struct CniNamespace {
-    name: String,
-    config: String,
-    data_dir: PathBuf,
-    /// The container's address and MAC, as CNI's result reports them.
-    address: String,
-    mac: String,
-}
-
-impl CniNamespace {
-    fn add(name: &str) -> CniNamespace {
-        run("ip", &["netns", "add", name]);
-        let data_dir = std::env::temp_dir().join(format!("brig-cni-{name}"));
-        let config = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "brig-test",
-            "type": "bridge",
-            "bridge": BRIDGE,
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {"type": "host-local", "subnet": SUBNET, "dataDir": data_dir},
-        })
-        .to_string();
-        let mut ns = CniNamespace { name: name.into(), config, data_dir, address: String::new(), mac: String::new() };
-        let result = ns.cni("ADD");
-        let result: serde_json::Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
-        let address = result["ips"][0]["address"].as_str().unwrap_or_else(|| panic!("an address: {result}"));
-        ns.address = address.split('/').next().unwrap_or_default().to_owned();
-        let interfaces = result["interfaces"].as_array().cloned().unwrap_or_default();
-        let eth0 = interfaces.iter().find(|i| i["name"] == "eth0" && i.get("sandbox").is_some());
-        ns.mac = eth0.and_then(|i| i["mac"].as_str()).unwrap_or_else(|| panic!("eth0's MAC: {result}")).to_owned();
-        ns
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.name)
-    }
-
-    fn cni(&self, command: &str) -> String {
-        let mut child = Command::new(Path::new(PLUGINS).join("bridge"))
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &self.name)
-            .env("CNI_NETNS", self.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", PLUGINS)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the CNI bridge plugin (containernetworking-plugins) runs");
-        use std::io::Write;
-        child.stdin.take().expect("stdin").write_all(self.config.as_bytes()).expect("CNI config");
-        let out = child.wait_with_output().expect("bridge plugin");
-        assert!(out.status.success(), "CNI {command}: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `ip -n NS ARGS…`'s output.
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    fn tc(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("tc", &all)
-    }
-
-    /// What of brig's is in the namespace: its tap, and qdiscs on CNI's interface.
-    fn brigs(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        if self.ip(&["-o", "link", "show"]).contains("tap0_brig") {
-            found.push("tap0_brig".to_owned());
-        }
-        let qdiscs = self.tc(&["qdisc", "show", "dev", "eth0"]);
-        found.extend(qdiscs.lines().filter(|l| l.contains("ingress")).map(str::to_owned));
-        found
-    }
-}
-
-impl Drop for CniNamespace {
-    fn drop(&mut self) {
-        self.cni("DEL");
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", describe(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The control socket of task `id`'s brig-vmm (in its jail's state directory).
 fn control_of(id: &str) -> Client {
@@ -126,24 +27,6 @@ fn control_of(id: &str) -> Client {
         })
         .unwrap_or_else(|| panic!("no task directory for {id} in /run/brig"));
     Client::connect(&dir.join("jail/state/api.sock"), Duration::from_secs(30)).expect("brig-vmm's control socket")
-}
-
-/// The first connection to `listener` within `limit`.
-fn accept_within(listener: &std::net::TcpListener, limit: Duration) -> (std::net::TcpStream, std::net::SocketAddr) {
-    listener.set_nonblocking(true).expect("nonblocking");
-    let deadline = Instant::now() + limit;
-    loop {
-        match listener.accept() {
-            Ok((conn, from)) => {
-                conn.set_nonblocking(false).expect("blocking");
-                return (conn, from);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("no connection from the container within {limit:?}: {e}"),
-        }
-    }
 }
 
 /// `GET /` from `address`'s port 80; the whole answer.
@@ -165,7 +48,8 @@ fn http_get(address: &str) -> std::io::Result<String> {
 fn a_cni_namespace_is_the_containers_network_and_is_left_after_delete_and_after_a_vmm_sigkill() {
     brig_tests::require_kvm_host();
     let containerd = Containerd::start();
-    let ns = CniNamespace::add("brig-cni-1");
+    let network = CniNetwork::new("brig-test", BRIDGE, SUBNET);
+    let ns = network.add("brig-cni-1");
     let with_ns = format!("network:{}", ns.path());
     let serve = "mkdir -p /www && echo brig-page > /www/index.html && exec httpd -f -p 80 -h /www";
     containerd.assert_ok(&containerd.run_with(&["-d", "--with-ns", &with_ns], "joined", &["sh", "-c", serve]));
@@ -200,10 +84,10 @@ fn a_cni_namespace_is_the_containers_network_and_is_left_after_delete_and_after_
     let text = String::from_utf8_lossy(&addr.stdout);
     assert!(text.contains(&format!("inet {}/24", ns.address)), "{text}");
     assert!(text.contains(&ns.mac), "the NIC has CNI's MAC {}: {text}", ns.mac);
-    let listener = std::net::TcpListener::bind("10.88.7.1:0").expect("a listener on the bridge");
+    let listener = std::net::TcpListener::bind((network.gateway.as_str(), 0)).expect("a listener on the bridge");
     let port = listener.local_addr().expect("port").port();
     // busybox nc waits for the peer to close: the host reads the line, then closes.
-    let send = format!("echo hello-host | nc 10.88.7.1 {port}");
+    let send = format!("echo hello-host | nc {} {port}", network.gateway);
     let nc = containerd
         .command(&["task", "exec", "--exec-id", "nc", "joined", "sh", "-c", &send])
         .stdout(Stdio::piped())

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [ring0] [boot] [ctr] [snapshot] [stress] [density] [start]`: brig's benchmarks. They print numbers and
+//! `cargo xtask bench [ring0] [boot] [ctr] [snapshot] [stress] [density] [start] [net]`: brig's benchmarks. They print numbers and
 //! assert nothing about them (these machines are shared and noisy).
 //!
 //! - `ring0`: the harness's hand-made ring-0 guest, timed on this machine's own
@@ -12,6 +12,8 @@
 //!   runc, inside the test host; the memory one running brig task costs.
 //! - `start`: where `ctr run --rm … true`'s time goes with brig, step by step (the
 //!   shim's start timeline), beside runc's whole run.
+//! - `net`: TCP throughput both ways and HTTP request time between the host and a
+//!   container on one CNI bridge, brig beside runc, in the test host.
 //! - `snapshot`: `brig snapshot` of a 256 MiB and a 1 GiB guest (memory touched
 //!   first) next to `dd` of as many bytes into the same directory: seconds, MB/s,
 //!   how long the vCPUs were paused.
@@ -30,7 +32,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{apt, artifacts, cargo, testhost};
 
-const ALL: &[&str] = &["ring0", "boot", "ctr", "snapshot", "stress", "density", "start"];
+const ALL: &[&str] = &["ring0", "boot", "ctr", "snapshot", "stress", "density", "start", "net"];
 
 fn bench_binary(name: &str) -> Result<PathBuf> {
     let found = cargo::build_executables(&["bench", "--no-run", "-p", "brig-tests", "--bench", name], |kind, _| {
@@ -62,12 +64,13 @@ pub fn run(names: &[String]) -> Result<()> {
                     bail!("ring0 benchmark failed in kvm-host ({code})");
                 }
             }
-            "boot" | "ctr" | "snapshot" | "density" | "start" => {
+            "boot" | "ctr" | "snapshot" | "density" | "start" | "net" => {
                 let (packages, bench): (&[&str], _) = match name {
                     "boot" => (&["qemu-system-x86"], "boot"),
                     "density" => (&["qemu-system-x86"], "density"),
                     "ctr" => (apt::CONTAINERD, "ctr_run"),
                     "start" => (apt::CONTAINERD, "start"),
+                    "net" => (apt::CONTAINERD, "net"),
                     _ => (apt::CONTAINERD, "snapshot"),
                 };
                 apt::ensure(packages)?;

@@ -30,7 +30,7 @@ cargo xtask <command>
   fuzz [--seconds N] [TARGET]...
         the cargo-fuzz targets (guest, agent and file inputs), each for N
         seconds (default 60), with their run counts
-  bench [ring0] [boot] [ctr] [snapshot] [stress] [density] [start]
+  bench [ring0] [boot] [ctr] [snapshot] [stress] [density] [start] [net]
         benchmarks; they print numbers (see docs/testing.md)
   install [--prefix DIR] [--no-build]
         installs the shim, brig-vmm, the guest kernel and initramfs, and

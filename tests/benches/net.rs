@@ -1,0 +1,148 @@
+//! Benchmark: TCP between the host and a container on one CNI bridge (Debian's
+//! `bridge` + `host-local`, a named namespace per container as CRI makes them), with
+//! brig (`ctr run --with-ns`: the namespace joined to the VM through a tap) and with
+//! runc in the same test host: host → container and container → host throughput
+//! (busybox `nc`, `BRIG_NET_MIB` (128) MiB each way, the best of 3), and the time of
+//! one HTTP request to busybox `httpd` (connect, request, answer: two round trips;
+//! the median of 50). Run by `cargo xtask bench net`; prints numbers, asserts
+//! nothing about them.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use brig_tests::cni::{accept_within, CniNetwork};
+use brig_tests::containerd::{Containerd, IMAGE, RUNTIME};
+use brig_tests::ms;
+
+const ROUNDS: usize = 3;
+const REQUESTS: usize = 50;
+const CHUNK: usize = 64 << 10;
+
+/// What one runtime measured.
+struct Row {
+    label: &'static str,
+    upload_mbs: f64,
+    download_mbs: f64,
+    request: Duration,
+}
+
+fn mib() -> usize {
+    std::env::var("BRIG_NET_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
+}
+
+fn mb_per_s(bytes: usize, took: Duration) -> f64 {
+    bytes as f64 / 1e6 / took.as_secs_f64()
+}
+
+/// Retries `connect` until the container's server listens.
+fn connect(address: &str, port: u16) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match TcpStream::connect((address, port)) {
+            Ok(stream) => return stream,
+            Err(e) if Instant::now() > deadline => panic!("{address}:{port} does not answer: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Host → container: `bytes` to the container's `nc -l`, until it has closed.
+fn upload(address: &str, bytes: usize) -> Duration {
+    let mut stream = connect(address, 5001);
+    let chunk = vec![0x5a; CHUNK];
+    let start = Instant::now();
+    for _ in 0..bytes / CHUNK {
+        stream.write_all(&chunk).expect("upload");
+    }
+    stream.shutdown(Shutdown::Write).expect("shutdown");
+    let _ = stream.read(&mut [0u8; 16]);
+    start.elapsed()
+}
+
+/// Container → host: `dd | nc` in an exec, to a listener on the bridge.
+fn download(containerd: &Containerd, id: &str, gateway: &str, bytes: usize, round: usize) -> Duration {
+    let listener = TcpListener::bind((gateway, 0)).expect("a listener on the bridge");
+    let port = listener.local_addr().expect("port").port();
+    let send = format!("dd if=/dev/zero bs={CHUNK} count={} 2>/dev/null | nc {gateway} {port}", bytes / CHUNK);
+    let exec_id = format!("dl-{round}");
+    let mut exec = containerd
+        .command(&["task", "exec", "--exec-id", &exec_id, id, "sh", "-c", &send])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr task exec");
+    let (mut stream, _) = accept_within(&listener, Duration::from_secs(60));
+    let mut buf = vec![0u8; CHUNK];
+    let (start, mut got) = (Instant::now(), 0);
+    while got < bytes {
+        match stream.read(&mut buf).expect("download") {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let took = start.elapsed();
+    drop(stream);
+    assert!(exec.wait().expect("exec").success() && got == bytes, "{got} of {bytes} bytes");
+    took
+}
+
+/// One `GET /` from busybox httpd.
+fn request(address: &str) -> Duration {
+    let start = Instant::now();
+    let mut stream = TcpStream::connect((address, 80)).expect("httpd");
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("answer");
+    assert!(answer.starts_with(b"HTTP/1.0 200"), "{}", String::from_utf8_lossy(&answer));
+    start.elapsed()
+}
+
+fn measure(containerd: &Containerd, network: &CniNetwork, label: &'static str, runtime: &str) -> Row {
+    let ns = network.add(&format!("bench-{label}"));
+    let id = format!("net-{label}");
+    let with_ns = format!("network:{}", ns.path());
+    let serve = "mkdir -p /www && echo page > /www/index.html && httpd -p 80 -h /www && \
+                 while true; do nc -l -p 5001 > /dev/null; done";
+    let args = ["run", "-d", "--with-ns", &with_ns, "--runtime", runtime, IMAGE, &id, "sh", "-c", serve];
+    containerd.assert_ok(&containerd.ctr(&args));
+    containerd.wait_for_status(&id, "RUNNING");
+    let bytes = mib() << 20;
+    drop(connect(&ns.address, 80));
+    let best = |samples: Vec<Duration>| samples.into_iter().min().expect("samples");
+    let up = best((0..ROUNDS).map(|_| upload(&ns.address, bytes)).collect());
+    let down = best((0..ROUNDS).map(|r| download(containerd, &id, &network.gateway, bytes, r)).collect());
+    let mut requests: Vec<Duration> = (0..REQUESTS).map(|_| request(&ns.address)).collect();
+    requests.sort();
+    containerd.kill_and_delete(&id);
+    Row { label, upload_mbs: mb_per_s(bytes, up), download_mbs: mb_per_s(bytes, down), request: requests[REQUESTS / 2] }
+}
+
+fn main() {
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    let network = CniNetwork::new("brig-bench", "brigbench0", "10.88.9.0/24");
+    let brig = measure(&containerd, &network, "brig", RUNTIME);
+    let runc = measure(&containerd, &network, "runc", "io.containerd.runc.v2");
+    println!(
+        "TCP on one CNI bridge, in the test host ({} MiB each way, best of {ROUNDS}; HTTP GET, median of {REQUESTS}):",
+        mib()
+    );
+    println!("  {:<8} {:>16} {:>16} {:>12}", "runtime", "host→container", "container→host", "GET /");
+    for row in [&brig, &runc] {
+        println!(
+            "  {:<8} {:>11.1} MB/s {:>11.1} MB/s {:>9.2} ms",
+            row.label,
+            row.upload_mbs,
+            row.download_mbs,
+            ms(row.request)
+        );
+    }
+    println!(
+        "  brig / runc: host→container {:.2}x, container→host {:.2}x, GET {:.2}x the time",
+        brig.upload_mbs / runc.upload_mbs,
+        brig.download_mbs / runc.download_mbs,
+        ms(brig.request) / ms(runc.request)
+    );
+}

@@ -1,0 +1,155 @@
+//! Container networks made as CNI makes them: Debian's `bridge` plugin (with
+//! `host-local` addresses) run against named network namespaces (`ip netns add`),
+//! the way CRI sets up a pod sandbox before it creates the pod's containers.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::containerd::describe;
+
+/// Where Debian's containernetworking-plugins are.
+pub const PLUGINS: &str = "/usr/lib/cni";
+
+/// One bridge network: its CNI config and `host-local`'s address records, shared by
+/// every namespace put on it (so each gets an address of its own).
+#[derive(Debug)]
+pub struct CniNetwork {
+    config: String,
+    data_dir: PathBuf,
+    /// The bridge's address: the namespaces' gateway, and the host's side.
+    pub gateway: String,
+}
+
+impl CniNetwork {
+    /// Bridge `bridge` on `subnet` (`10.88.7.0/24`: the gateway is `.1`).
+    pub fn new(name: &str, bridge: &str, subnet: &str) -> CniNetwork {
+        let data_dir = std::env::temp_dir().join(format!("brig-cni-{name}-{}", std::process::id()));
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir},
+        })
+        .to_string();
+        let prefix = subnet.rsplit_once('.').map_or(subnet, |(p, _)| p);
+        CniNetwork { config, data_dir, gateway: format!("{prefix}.1") }
+    }
+
+    /// A new named namespace, put on this network by CNI ADD.
+    pub fn add(&self, name: &str) -> CniNamespace<'_> {
+        run("ip", &["netns", "add", name]);
+        let mut ns = CniNamespace { network: self, name: name.into(), address: String::new(), mac: String::new() };
+        let result = ns.cni("ADD");
+        let result: serde_json::Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+        let address = result["ips"][0]["address"].as_str().unwrap_or_else(|| panic!("an address: {result}"));
+        ns.address = address.split('/').next().unwrap_or_default().to_owned();
+        let interfaces = result["interfaces"].as_array().cloned().unwrap_or_default();
+        let eth0 = interfaces.iter().find(|i| i["name"] == "eth0" && i.get("sandbox").is_some());
+        ns.mac = eth0.and_then(|i| i["mac"].as_str()).unwrap_or_else(|| panic!("eth0's MAC: {result}")).to_owned();
+        ns
+    }
+}
+
+impl Drop for CniNetwork {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A named network namespace on a [`CniNetwork`]; CNI DEL and the namespace's
+/// removal on drop.
+#[derive(Debug)]
+pub struct CniNamespace<'a> {
+    network: &'a CniNetwork,
+    pub name: String,
+    /// The container's address and MAC, as CNI's result reports them.
+    pub address: String,
+    pub mac: String,
+}
+
+impl CniNamespace<'_> {
+    /// What `ctr run --with-ns network:PATH` takes.
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    fn cni(&self, command: &str) -> String {
+        let mut child = Command::new(Path::new(PLUGINS).join("bridge"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &self.name)
+            .env("CNI_NETNS", self.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", PLUGINS)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the CNI bridge plugin (containernetworking-plugins) runs");
+        child.stdin.take().expect("stdin").write_all(self.network.config.as_bytes()).expect("CNI config");
+        let out = child.wait_with_output().expect("bridge plugin");
+        assert!(out.status.success(), "CNI {command}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip -n NS ARGS…`'s output.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// `tc -n NS ARGS…`'s output.
+    pub fn tc(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        run("tc", &all)
+    }
+
+    /// What of brig's is in the namespace: its tap, and ingress qdiscs on CNI's interface.
+    pub fn brigs(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if self.ip(&["-o", "link", "show"]).contains("tap0_brig") {
+            found.push("tap0_brig".to_owned());
+        }
+        let qdiscs = self.tc(&["qdisc", "show", "dev", "eth0"]);
+        found.extend(qdiscs.lines().filter(|l| l.contains("ingress")).map(str::to_owned));
+        found
+    }
+}
+
+impl Drop for CniNamespace<'_> {
+    fn drop(&mut self) {
+        self.cni("DEL");
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// `program ARGS…`'s stdout; it must succeed.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The first connection to `listener` within `limit`.
+pub fn accept_within(listener: &std::net::TcpListener, limit: Duration) -> (std::net::TcpStream, std::net::SocketAddr) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((conn, from)) => {
+                conn.set_nonblocking(false).expect("blocking");
+                return (conn, from);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("no connection from the container within {limit:?}: {e}"),
+        }
+    }
+}
