@@ -2,7 +2,7 @@
 //! `bridge` + `host-local`, a named namespace per container as CRI makes them), with
 //! brig (`ctr run --with-ns`: the namespace joined to the VM through a tap) and with
 //! runc in the same test host: host → container and container → host throughput
-//! (busybox `nc`, `BRIG_NET_MIB` (128) MiB each way, the best of 3), and the time of
+//! (busybox `nc`, `BRIG_NET_MIB` (32) MiB each way, the best of 3), and the time of
 //! one HTTP request to busybox `httpd` (connect, request, answer: two round trips;
 //! the median of 50). Run by `cargo xtask bench net`; prints numbers, asserts
 //! nothing about them.
@@ -29,7 +29,7 @@ struct Row {
 }
 
 fn mib() -> usize {
-    std::env::var("BRIG_NET_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
+    std::env::var("BRIG_NET_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(32)
 }
 
 fn mb_per_s(bytes: usize, took: Duration) -> f64 {
@@ -112,7 +112,9 @@ fn measure(containerd: &Containerd, network: &CniNetwork, label: &'static str, r
     drop(connect(&ns.address, 80));
     let best = |samples: Vec<Duration>| samples.into_iter().min().expect("samples");
     let up = best((0..ROUNDS).map(|_| upload(&ns.address, bytes)).collect());
+    eprintln!("net: {label}: host → container {:.1} MB/s", mb_per_s(bytes, up));
     let down = best((0..ROUNDS).map(|r| download(containerd, &id, &network.gateway, bytes, r)).collect());
+    eprintln!("net: {label}: container → host {:.1} MB/s", mb_per_s(bytes, down));
     let mut requests: Vec<Duration> = (0..REQUESTS).map(|_| request(&ns.address)).collect();
     requests.sort();
     containerd.kill_and_delete(&id);
