@@ -12,7 +12,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use brig_tests::cni::{accept_within, CniNetwork};
+use brig_tests::cni::{accept_within, vmm_control, CniNetwork};
 use brig_tests::containerd::{Containerd, IMAGE, RUNTIME};
 use brig_tests::ms;
 
@@ -51,6 +51,7 @@ fn connect(address: &str, port: u16) -> TcpStream {
 /// Host → container: `bytes` to the container's `nc -l`, until it has closed.
 fn upload(address: &str, bytes: usize) -> Duration {
     let mut stream = connect(address, 5001);
+    stream.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let chunk = vec![0x5a; CHUNK];
     let start = Instant::now();
     for _ in 0..bytes / CHUNK {
@@ -74,18 +75,38 @@ fn download(containerd: &Containerd, id: &str, gateway: &str, bytes: usize, roun
         .spawn()
         .expect("ctr task exec");
     let (mut stream, _) = accept_within(&listener, Duration::from_secs(60));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut buf = vec![0u8; CHUNK];
     let (start, mut got) = (Instant::now(), 0);
     while got < bytes {
-        match stream.read(&mut buf).expect("download") {
-            0 => break,
-            n => got += n,
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("download stalled after {got} of {bytes} bytes: {e}; {}", vm_counters(id)),
         }
     }
     let took = start.elapsed();
     drop(stream);
     assert!(exec.wait().expect("exec").success() && got == bytes, "{got} of {bytes} bytes");
     took
+}
+
+/// brig-vmm's network counters, for a stalled transfer's message (runc has none).
+fn vm_counters(id: &str) -> String {
+    if !id.ends_with("brig") {
+        return String::new();
+    }
+    match vmm_control(id).metrics() {
+        Ok(m) => format!(
+            "brig-vmm: rx {} packets ({} dropped), tx {} packets ({} dropped), bad requests {}",
+            m.counters.net_rx_packets,
+            m.counters.net_rx_dropped,
+            m.counters.net_tx_packets,
+            m.counters.net_tx_dropped,
+            m.counters.virtio_bad_requests
+        ),
+        Err(e) => format!("brig-vmm's metrics: {e}"),
+    }
 }
 
 /// One `GET /` from busybox httpd.

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use brig_vmm_api::client::Client;
+
 use crate::containerd::describe;
 
 /// Where Debian's containernetworking-plugins are.
@@ -152,4 +154,16 @@ pub fn accept_within(listener: &std::net::TcpListener, limit: Duration) -> (std:
             Err(e) => panic!("no connection from the container within {limit:?}: {e}"),
         }
     }
+}
+
+/// The control socket of task `id`'s brig-vmm (in its jail's state directory).
+pub fn vmm_control(id: &str) -> Client {
+    let dirs = std::fs::read_dir("/run/brig").expect("/run/brig");
+    let dir = dirs
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|d| {
+            std::fs::read_to_string(d.join("task")).is_ok_and(|t| t.lines().next() == Some(&format!("default/{id}")))
+        })
+        .unwrap_or_else(|| panic!("no task directory for {id} in /run/brig"));
+    Client::connect(&dir.join("jail/state/api.sock"), Duration::from_secs(30)).expect("brig-vmm's control socket")
 }

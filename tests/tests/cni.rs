@@ -10,24 +10,11 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use brig_tests::cni::{accept_within, run, CniNetwork};
+use brig_tests::cni::{accept_within, run, vmm_control, CniNetwork};
 use brig_tests::containerd::{describe, Containerd};
-use brig_vmm_api::client::Client;
 
 const BRIDGE: &str = "brigcni0";
 const SUBNET: &str = "10.88.7.0/24";
-
-/// The control socket of task `id`'s brig-vmm (in its jail's state directory).
-fn control_of(id: &str) -> Client {
-    let dirs = std::fs::read_dir("/run/brig").expect("/run/brig");
-    let dir = dirs
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|d| {
-            std::fs::read_to_string(d.join("task")).is_ok_and(|t| t.lines().next() == Some(&format!("default/{id}")))
-        })
-        .unwrap_or_else(|| panic!("no task directory for {id} in /run/brig"));
-    Client::connect(&dir.join("jail/state/api.sock"), Duration::from_secs(30)).expect("brig-vmm's control socket")
-}
 
 /// `GET /` from `address`'s port 80; the whole answer.
 fn http_get(address: &str) -> std::io::Result<String> {
@@ -71,7 +58,7 @@ fn a_cni_namespace_is_the_containers_network_and_is_left_after_delete_and_after_
         match http_get(&ns.address) {
             Ok(answer) => break answer,
             Err(e) if Instant::now() > deadline => {
-                panic!("no page from {}: {e}; {:?}", ns.address, control_of("joined").metrics().expect("metrics"))
+                panic!("no page from {}: {e}; {:?}", ns.address, vmm_control("joined").metrics().expect("metrics"))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
@@ -101,7 +88,7 @@ fn a_cni_namespace_is_the_containers_network_and_is_left_after_delete_and_after_
     drop(conn);
     containerd.assert_ok(&nc.wait_with_output().expect("ctr task exec"));
     assert_eq!((line.as_str(), from.ip().to_string()), ("hello-host\n", ns.address.clone()));
-    let rx = control_of("joined").metrics().expect("metrics").counters;
+    let rx = vmm_control("joined").metrics().expect("metrics").counters;
     assert!(rx.net_rx_packets > 0 && rx.net_tx_packets > 0, "{rx:?}");
 
     containerd.kill_and_delete("joined");
