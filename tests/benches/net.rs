@@ -82,7 +82,11 @@ fn download(containerd: &Containerd, id: &str, gateway: &str, bytes: usize, roun
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => got += n,
-            Err(e) => panic!("download stalled after {got} of {bytes} bytes: {e}; {}", vm_counters(id)),
+            Err(e) => panic!(
+                "download stalled after {got} of {bytes} bytes: {e}; {}\nthe shim's warnings:\n{}",
+                vm_counters(id),
+                warnings(containerd)
+            ),
         }
     }
     let took = start.elapsed();
@@ -107,6 +111,13 @@ fn vm_counters(id: &str) -> String {
         ),
         Err(e) => format!("brig-vmm's metrics: {e}"),
     }
+}
+
+/// The shim's (and containerd's) warnings and errors, for a failure's message.
+fn warnings(containerd: &Containerd) -> String {
+    let log = containerd.log_for_failure();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("level=warn") || l.contains("level=error")).collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// One `GET /` from busybox httpd.
