@@ -95,7 +95,7 @@ pub(crate) use self::sigsys::set_thread_label;
 /// `fcntl` runs between fork and exec, which is async-signal-safe.
 pub fn keep_open_on_exec(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
     // SAFETY: the closure calls only fcntl(2), async-signal-safe, on a number; a
-    // descriptor that is not open makes it fail, which brig-vmm then reports.
+    // descriptor that is not open makes it fail, and the spawn with it.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(cmd, move || {
             if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
