@@ -301,6 +301,11 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test reports its leftovers itself; removed here, they do not
+            // fail the tests after it in the same host too.
+            self.remove_everything();
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -322,6 +327,20 @@ impl Drop for Containerd {
 }
 
 impl Containerd {
+    /// Every task killed and deleted, every container deleted (best effort).
+    fn remove_everything(&self) {
+        let ids = |kind: &str| -> Vec<String> {
+            let out = self.ctr(&[kind, "ls", "-q"]);
+            String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+        };
+        for task in ids("task") {
+            let _ = self.ctr(&["task", "delete", "--force", &task]);
+        }
+        for container in ids("container") {
+            let _ = self.ctr(&["container", "delete", &container]);
+        }
+    }
+
     /// [`assert_no_leftovers`], with containerd's log (it holds the shims' logs) on failure.
     pub fn assert_no_leftovers(&self, context: &str) {
         if let Err(found) = wait_for_no_leftovers() {

@@ -252,6 +252,7 @@ impl Container {
             proc.start_failed();
             return Err(e.into());
         }
+        proc.started();
         if let Some(exec_id) = proc.exec_id.as_deref() {
             let copies = self.vm.attach(&self.id, Some(exec_id), &proc.paths).await?;
             proc.set_copies(copies).await;

@@ -36,6 +36,7 @@ use self::monitor::Timing;
 pub use self::process::{KILLED_STATUS, VM_DIED_STATUS};
 use crate::config::Config;
 use crate::error::ShimError;
+use crate::guest::GuestError;
 use crate::io::StdioPaths;
 use crate::timeline::{self, Step};
 
@@ -172,7 +173,12 @@ impl TaskApi for TaskService {
         let container = self.container(&req.id).await?;
         let exec_id = exec_id(&req.exec_id);
         let proc = container.process(exec_id)?;
-        container.start(&proc).await?;
+        if let Err(e) = container.start(&proc).await {
+            if exec_id.is_none() && matches!(e, ShimError::Guest(GuestError::Unreachable { .. })) {
+                monitor::end_unstartable(self.inner.events.as_ref(), &container, self.inner.timing).await;
+            }
+            return Err(e.into());
+        }
         if exec_id.is_none() {
             timeline::mark(Step::Started);
         }

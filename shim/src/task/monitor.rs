@@ -25,6 +25,9 @@ pub struct Timing {
     pub oom_interval: Duration,
     /// OOM polls start at least this far apart, however fast the agent answers.
     pub oom_min_poll: Duration,
+    /// How long a start that lost the agent waits for brig-vmm's exit before
+    /// stopping the VM itself.
+    pub vmm_exit_wait: Duration,
 }
 
 impl Default for Timing {
@@ -33,6 +36,7 @@ impl Default for Timing {
             kill_grace: Duration::from_secs(10),
             oom_interval: Duration::from_secs(1),
             oom_min_poll: Duration::from_millis(100),
+            vmm_exit_wait: Duration::from_secs(5),
         }
     }
 }
@@ -76,11 +80,29 @@ pub fn watch_vm(events: Arc<dyn Publisher>, container: Arc<Container>) {
             container.id,
             crate::sandbox::exit_meaning(code).map(|m| format!(": {m}")).unwrap_or_default()
         );
-        let exit = Exit::now(VM_DIED_STATUS);
-        for proc in container.processes() {
-            report_exit(events.as_ref(), &container, &proc, exit.clone()).await;
-        }
+        report_all(events.as_ref(), &container, Exit::now(VM_DIED_STATUS)).await;
     });
+}
+
+/// Records `exit` for every process of the task not yet exited.
+async fn report_all(events: &dyn Publisher, container: &Container, exit: Exit) {
+    for proc in container.processes() {
+        report_exit(events, container, &proc, exit.clone()).await;
+    }
+}
+
+/// The agent became unreachable while starting the container's process: brig-vmm
+/// died, or the link to its guest did. Either way the task can never run, so it
+/// ends here, before `Start` answers: containerd then sees it stopped (255, as for
+/// a VM that dies later) and can delete it. Left created instead, it could not be
+/// deleted (containerd deletes only stopped tasks) and `ctr run` would leak it.
+pub async fn end_unstartable(events: &dyn Publisher, container: &Container, timing: Timing) {
+    let vm = container.vm();
+    if tokio::time::timeout(timing.vmm_exit_wait, vm.wait_exit()).await.is_err() {
+        log::warn!("the agent of task {} is unreachable while brig-vmm runs: stopping its VM", container.id);
+        vm.stop().await;
+    }
+    report_all(events, container, Exit::now(VM_DIED_STATUS)).await;
 }
 
 /// Sees a SIGKILL of a running process through: if the guest acknowledged it but
@@ -111,9 +133,7 @@ pub fn enforce_kill(events: Arc<dyn Publisher>, container: Arc<Container>, proc:
         // containerd learns of the exit and deletes the task.
         container.vm().stop().await;
         report_exit(events.as_ref(), &container, &proc, killed.clone()).await;
-        for other in container.processes() {
-            report_exit(events.as_ref(), &container, &other, killed.clone()).await;
-        }
+        report_all(events.as_ref(), &container, killed).await;
     });
 }
 

@@ -57,7 +57,11 @@ pub enum ProcessState {
     /// Known to the shim (and, for the container's own process, created in the
     /// guest), not started.
     Created,
-    /// Started: the guest was asked to run it and has not reported an exit.
+    /// The guest is being asked to start it. containerd still sees it created (as
+    /// with runc, a task is running once `Start` has returned), and a second
+    /// `Start` is refused.
+    Starting,
+    /// Started: the guest runs it and has not reported an exit.
     Running,
     /// The container's own process while the container is frozen.
     Paused,
@@ -68,7 +72,7 @@ impl ProcessState {
     /// containerd's name for it.
     pub fn status(&self) -> Status {
         match self {
-            ProcessState::Created => Status::CREATED,
+            ProcessState::Created | ProcessState::Starting => Status::CREATED,
             ProcessState::Running => Status::RUNNING,
             ProcessState::Paused => Status::PAUSED,
             ProcessState::Exited(_) => Status::STOPPED,
@@ -124,19 +128,23 @@ impl Process {
         }
     }
 
-    /// Started and not yet exited.
+    /// Being started, or started and not yet exited.
     pub fn is_running(&self) -> bool {
-        matches!(*self.state.borrow(), ProcessState::Running | ProcessState::Paused)
+        matches!(*self.state.borrow(), ProcessState::Starting | ProcessState::Running | ProcessState::Paused)
     }
 
-    /// Created → Running, claimed before the guest is asked to start it, so that a
+    /// Created → Starting, claimed before the guest is asked to start it, so that a
     /// second `Start` is refused.
     pub fn begin_start(&self) -> Result<(), ShimError> {
         let mut refused = None;
         self.state.send_if_modified(|state| match state {
             ProcessState::Created => {
-                *state = ProcessState::Running;
+                *state = ProcessState::Starting;
                 true
+            }
+            ProcessState::Starting => {
+                refused = Some(format!("process {} is being started", self.name()));
+                false
             }
             ProcessState::Exited(_) => {
                 refused = Some(format!("process {} has exited", self.name()));
@@ -150,9 +158,14 @@ impl Process {
         refused.map_or(Ok(()), |message| Err(ShimError::FailedPrecondition(message)))
     }
 
-    /// Running → Created again: the guest did not start it.
+    /// Starting → Running: the guest started it.
+    pub fn started(&self) {
+        self.transition(ProcessState::Starting, ProcessState::Running);
+    }
+
+    /// Starting → Created again: the guest did not start it.
     pub fn start_failed(&self) {
-        self.transition(ProcessState::Running, ProcessState::Created);
+        self.transition(ProcessState::Starting, ProcessState::Created);
     }
 
     /// Running → Paused (a process that is not running stays as it is).
@@ -224,8 +237,13 @@ mod tests {
         let proc = exec();
         assert_eq!(proc.state(), ProcessState::Created);
         assert!(!proc.is_running());
-        proc.begin_start().expect("created → running");
-        assert!(proc.is_running());
+        proc.begin_start().expect("created → starting");
+        assert!(proc.is_running(), "being started is not exited");
+        assert_eq!(proc.state().status(), Status::CREATED, "containerd sees it created until started");
+        let again = proc.begin_start().expect_err("a second start while the first runs");
+        assert_eq!(again.to_string(), "process e1 is being started");
+        proc.started();
+        assert_eq!(proc.state().status(), Status::RUNNING);
         let again = proc.begin_start().expect_err("a second start");
         assert_eq!(again.to_string(), "process e1 already started");
         assert!(proc.record_exit(Exit { status: 3, at: Timestamp::default() }));
@@ -245,6 +263,9 @@ mod tests {
         proc.start_failed();
         assert_eq!(proc.state(), ProcessState::Created, "the guest refused: it can be started again");
         proc.begin_start().expect("start");
+        proc.paused();
+        assert_eq!(proc.state(), ProcessState::Starting, "not started yet: nothing to pause");
+        proc.started();
         proc.paused();
         assert_eq!(proc.state().status(), Status::PAUSED);
         assert!(proc.is_running(), "a paused process has not exited");

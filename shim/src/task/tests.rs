@@ -54,6 +54,8 @@ struct FakeGuest {
     /// `Some(id)`: every OOM poll answers at once with an OOM kill in `id`.
     oom_flood: Mutex<Option<String>>,
     oom_polls: AtomicUsize,
+    /// `Some`: `StartContainer` answers once the sender is used or dropped.
+    start_gate: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl FakeGuest {
@@ -68,6 +70,7 @@ impl FakeGuest {
             oom_rx: tokio::sync::Mutex::new(oom_rx),
             oom_flood: Mutex::new(None),
             oom_polls: AtomicUsize::new(0),
+            start_gate: Mutex::new(None),
         })
     }
 
@@ -83,6 +86,17 @@ impl FakeGuest {
         lock(&self.calls).push(format!("{call} {detail}").trim_end().to_owned());
         lock(&self.fail).remove(call).map_or(Ok(()), Err)
     }
+}
+
+/// The exits published, in order: (process id, status).
+fn exits(events: &Recorder) -> Vec<(String, u32)> {
+    lock(&events.events)
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::Exit(exit) => Some((exit.id.clone(), exit.exit_status)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn refused(code: Code, message: &str) -> GuestError {
@@ -113,7 +127,12 @@ impl Guest for FakeGuest {
     }
 
     async fn start_container(&self, id: &str) -> Result<(), GuestError> {
-        self.called("start", id.to_owned())
+        let gate = lock(&self.start_gate).take();
+        let called = self.called("start", id.to_owned());
+        if let Some(gate) = gate {
+            let _ = gate.await;
+        }
+        called
     }
 
     async fn exec_process(
@@ -594,13 +613,7 @@ async fn a_vm_that_dies_ends_every_process_with_255() {
     let waited = bounded(waiter).await.expect("joined").expect("wait");
     assert_eq!(waited.exit_status, 255);
     h.events.until(8).await;
-    let mut exits: Vec<(String, u32)> = lock(&h.events.events)
-        .iter()
-        .filter_map(|e| match e {
-            TaskEvent::Exit(exit) => Some((exit.id.clone(), exit.exit_status)),
-            _ => None,
-        })
-        .collect();
+    let mut exits = exits(&h.events);
     exits.sort();
     assert_eq!(exits, [("c1".into(), 255), ("e1".into(), 255), ("e2".into(), 255)]);
     assert_eq!(code(h.start("c1", "e2").await), Code::FAILED_PRECONDITION, "nothing starts in a dead VM");
@@ -610,6 +623,67 @@ async fn a_vm_that_dies_ends_every_process_with_255() {
     assert!(!h.guest.calls().contains(&"remove c1".to_owned()), "a dead VM is not asked to remove anything");
     let TaskEvent::Delete(delete) = h.events.last() else { panic!("a delete") };
     assert_eq!(delete.exit_status, 255);
+}
+
+#[tokio::test]
+async fn a_task_is_running_once_start_has_returned() {
+    let h = Harness::new("starting");
+    h.create("c1").await.expect("create");
+    let (open, gate) = tokio::sync::oneshot::channel();
+    *lock(&h.guest.start_gate) = Some(gate);
+    let start = tokio::spawn({
+        let service = h.service.clone();
+        async move { service.start(&ctx(), api::StartRequest { id: "c1".into(), ..Default::default() }).await }
+    });
+    while !h.guest.calls().contains(&"start c1".to_owned()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.status("c1", "").await, Status::CREATED, "while the guest starts it");
+    assert_eq!(code(h.start("c1", "").await), Code::FAILED_PRECONDITION, "a second start while the first runs");
+    open.send(()).expect("the start waits");
+    bounded(start).await.expect("joined").expect("start");
+    assert_eq!(h.status("c1", "").await, Status::RUNNING);
+    assert_eq!(h.events.topics(), ["create", "start"]);
+}
+
+/// The agent is lost during `Start` (brig-vmm killed, or its guest link gone):
+/// the task ends before `Start` answers, so that containerd can delete it.
+async fn start_without_an_agent(h: &Harness) {
+    h.create("c1").await.expect("create");
+    h.exec("c1", "e1").await.expect("an exec that never starts");
+    let lost = GuestError::Unreachable { call: "StartContainer", source: brig_protocol::ttrpc::Error::RemoteClosed };
+    h.guest.fail("start", lost);
+    assert_eq!(code(h.start("c1", "").await), Code::UNAVAILABLE);
+    assert_eq!(h.status("c1", "").await, Status::STOPPED, "ended before Start answered");
+    assert_eq!(h.wait("c1", "").await.expect("wait").exit_status, 255);
+    let mut exits = exits(&h.events);
+    exits.sort();
+    assert_eq!(exits, [("c1".to_owned(), 255), ("e1".to_owned(), 255)], "each process ends once");
+    assert_eq!(h.delete("c1", "").await.expect("a stopped task can be deleted").exit_status, 255);
+}
+
+#[tokio::test]
+async fn a_vmm_killed_during_start_ends_the_task() {
+    let h = Harness::new("start-vm-died");
+    let dying = tokio::spawn({
+        let host = h.host.clone();
+        async move {
+            while !host.guest.calls().iter().any(|c| c == "start c1") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            host.vm().die();
+        }
+    });
+    start_without_an_agent(&h).await;
+    dying.await.expect("joined");
+}
+
+#[tokio::test]
+async fn an_agent_lost_during_start_while_the_vmm_runs_stops_the_vm() {
+    let quick = super::monitor::Timing { vmm_exit_wait: Duration::from_millis(100), ..Default::default() };
+    let h = Harness::with_timing("start-link-lost", quick);
+    start_without_an_agent(&h).await;
+    assert!(h.host.log().contains(&"stop vm".to_owned()), "the VM is stopped: {:?}", h.host.log());
 }
 
 #[tokio::test]

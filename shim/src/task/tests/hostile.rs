@@ -11,16 +11,6 @@ fn quick_kill() -> Timing {
     Timing { kill_grace: Duration::from_millis(100), ..Timing::default() }
 }
 
-fn exits(events: &Recorder) -> Vec<(String, u32)> {
-    lock(&events.events)
-        .iter()
-        .filter_map(|e| match e {
-            TaskEvent::Exit(exit) => Some((exit.id.clone(), exit.exit_status)),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_sigkill_the_guest_acknowledges_but_never_carries_out_stops_the_vm() {
     let h = Harness::with_timing("kill-ignored", quick_kill());
