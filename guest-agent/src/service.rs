@@ -167,7 +167,9 @@ impl Agent for AgentService {
         _ctx: &TtrpcContext,
         req: StartContainerRequest,
     ) -> ttrpc::Result<StartContainerResponse> {
-        run(self.manager.start(&req.container_id))?;
+        let interface = req.interface.as_ref().map(network::Interface::from_request).transpose();
+        let interface = run(interface)?;
+        run(self.manager.start(&req.container_id, interface))?;
         Ok(StartContainerResponse::default())
     }
 

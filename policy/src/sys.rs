@@ -106,6 +106,24 @@ pub fn keep_open_on_exec(cmd: &mut std::process::Command, fd: std::os::fd::RawFd
     }
 }
 
+/// Makes `cmd`'s child enter the network namespace `netns` before its exec (brig-vmm
+/// without its jail; the jailer does it itself). Only setns(2), async-signal-safe,
+/// runs between fork and exec; the descriptor is close-on-exec, so the child does
+/// not keep it.
+pub fn enter_netns_on_exec(cmd: &mut std::process::Command, netns: std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the closure calls only setns(2) on a descriptor it owns (moved in, so
+    // open for as long as `cmd` lives); a failure fails the spawn.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Creates tap `name` in the calling thread's network namespace and returns its
 /// descriptor (close-on-exec): `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, not persistent,
 /// so the interface goes away with its last descriptor. nix wraps no TUN ioctl.

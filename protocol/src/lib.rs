@@ -9,7 +9,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 pub const API_MAJOR: u32 = 1;
 /// Minor 1 added the container API, minor 2 `DescribeGuest`, minor 3 `Ping`'s guest clock,
 /// minor 4 `CreateContainerRequest.interface`.
-pub const API_MINOR: u32 = 4;
+pub const API_MINOR: u32 = 5;
 
 pub mod stdio;
 

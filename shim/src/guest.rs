@@ -71,7 +71,9 @@ pub trait Guest: Send + Sync + std::fmt::Debug {
         stdio: api::Stdio,
         interface: Option<api::Interface>,
     ) -> Result<(), GuestError>;
-    async fn start_container(&self, id: &str) -> Result<(), GuestError>;
+    /// Lets the container's process exec; with `interface`, the VM's NIC goes into
+    /// its network namespace first (one CNI set up after create).
+    async fn start_container(&self, id: &str, interface: Option<api::Interface>) -> Result<(), GuestError>;
     /// Starts an OCI `process` object (JSON) in the running container.
     async fn exec_process(
         &self,
@@ -214,8 +216,12 @@ impl Guest for AgentGuest {
         Ok(())
     }
 
-    async fn start_container(&self, id: &str) -> Result<(), GuestError> {
-        let request = api::StartContainerRequest { container_id: id.to_owned(), ..Default::default() };
+    async fn start_container(&self, id: &str, interface: Option<api::Interface>) -> Result<(), GuestError> {
+        let request = api::StartContainerRequest {
+            container_id: id.to_owned(),
+            interface: interface.into(),
+            ..Default::default()
+        };
         self.client.start_container(self.call(), &request).await.map_err(self.failed("StartContainer"))?;
         Ok(())
     }
@@ -377,7 +383,7 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         drop(theirs);
         let guest = client_over(ours, Timeouts::default());
-        let started = tokio::time::timeout(Duration::from_secs(5), guest.start_container("c")).await;
+        let started = tokio::time::timeout(Duration::from_secs(5), guest.start_container("c", None)).await;
         let err = started.expect("a dead peer answers at once").expect_err("dead");
         assert!(matches!(err, GuestError::Unreachable { call: "StartContainer", .. }), "{err:?}");
         let waited = tokio::time::timeout(Duration::from_secs(5), guest.wait_process("c", Some("e"))).await;

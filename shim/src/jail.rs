@@ -146,6 +146,7 @@ pub fn prepare(
     rootfs: &Path,
     vmm_args: Vec<String>,
     keep_fds: Vec<i32>,
+    netns: Option<PathBuf>,
 ) -> Result<(std::process::Command, Jail), ShimError> {
     let range = UidRange { first: config.jail_uid_first, count: config.jail_uid_count };
     range
@@ -182,7 +183,7 @@ pub fn prepare(
             pids_max: u64::from(size.vcpus) + EXTRA_TASKS,
             cpu_max: size.cpu_max,
         }),
-        netns: None,
+        netns,
         rlimits: Rlimits {
             nofile: NOFILE,
             fsize: (size.memory_mib << 20) + FSIZE_ROOM,
@@ -248,7 +249,7 @@ mod tests {
         let config = Config { state_dir: root.clone(), ..Config::default() };
         let size = Size { vcpus: 2, memory_mib: 256, cpu_max: Some((150_000, 100_000)) };
         let args = vec!["--config".into(), "/vm.json".into()];
-        let (cmd, jail) = prepare(&config, &dir, size, Path::new("/img"), args, vec![7]).expect("prepare");
+        let (cmd, jail) = prepare(&config, &dir, size, Path::new("/img"), args, vec![7], None).expect("prepare");
         assert_eq!(cmd.get_program(), config.jailer.as_os_str());
         assert_eq!(cmd.get_envs().count(), 0, "the jailer starts with an empty environment");
         let spec = JailSpec::from_file(&dir.join("jail.json")).expect("jail.json");

@@ -60,6 +60,13 @@ pub enum NetworkError {
     Netlink { path: PathBuf, what: &'static str, source: rtnetlink::Error },
     #[error("cannot run netlink in {path}")]
     Runtime { path: PathBuf, source: std::io::Error },
+    #[error(
+        "interface {name} in {path} has MTU {mtu}; the NIC of a VM created without a network namespace \
+         takes at most {max_mtu}: give the task its network namespace before create (as CRI does) for more"
+    )]
+    MtuAboveBoot { path: PathBuf, name: String, mtu: u32, max_mtu: u32 },
+    #[error("cannot make the task's network namespace at {path}")]
+    Own { path: PathBuf, source: std::io::Error },
 }
 
 /// An IP address with its prefix length.
@@ -115,6 +122,76 @@ pub fn join(netns: &Path) -> Result<Joined, NetworkError> {
     })
 }
 
+/// Makes a network namespace bound to `path` (created, so it must not exist): the
+/// namespace of a task whose spec names none. It has only loopback until CNI adds an
+/// interface to it (`ctr run --cni` does, between create and start, through
+/// `/proc/<task pid>/ns/net`: brig-vmm runs in it). [`remove_netns`] undoes it.
+pub fn make_netns(path: &Path) -> Result<(), NetworkError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let own = |source| NetworkError::Own { path: path.to_path_buf(), source };
+    File::options().write(true).create_new(true).mode(0o600).open(path).map_err(own)?;
+    let target = path.to_path_buf();
+    let made = std::thread::spawn(move || -> Result<(), nix::Error> {
+        // Only this thread moves; it ends here, and the bind mount keeps the namespace.
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+        let flags = nix::mount::MsFlags::MS_BIND;
+        nix::mount::mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, flags, None::<&str>)
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("the netns thread panicked"));
+    made.map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        own(std::io::Error::from(e))
+    })
+}
+
+/// Removes a namespace [`make_netns`] bound; it ends once no process is in it
+/// (brig-vmm's exit). Already gone is not an error.
+pub fn remove_netns(path: &Path) {
+    if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        if path.exists() && e != nix::errno::Errno::EINVAL {
+            log::warn!("unmounting the network namespace {}: {e}", path.display());
+        }
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Creates the tap in a namespace that has no interface joined yet (one from
+/// [`make_netns`]): brig-vmm gets it at boot, [`connect`] redirects it at start.
+pub fn make_tap(netns: &Path) -> Result<OwnedFd, NetworkError> {
+    in_netns(netns, |handle, path| async move {
+        let mut made = Made::default();
+        let result = new_tap(&handle, &path, &mut made).await;
+        if result.is_err() {
+            made.undo(&handle).await;
+        }
+        result.map(|(tap, _)| tap)
+    })
+}
+
+/// Redirects CNI's interface, if the namespace has one now, to the tap
+/// [`make_tap`] made, and returns what the guest NIC is to be; `None`: the
+/// container has only loopback (a plain `ctr run`). An interface whose MTU is above
+/// `max_mtu` (the NIC's since boot) is refused before anything is changed.
+pub fn connect(netns: &Path, max_mtu: u32) -> Result<Option<Interface>, NetworkError> {
+    in_netns(netns, move |handle, path| async move {
+        let Some((interface, index)) = find_interface(&handle, &path).await? else { return Ok(None) };
+        if interface.mtu > max_mtu {
+            let (name, mtu) = (interface.name, interface.mtu);
+            return Err(NetworkError::MtuAboveBoot { path, name, mtu, max_mtu });
+        }
+        let incomplete = || NetworkError::Incomplete { path: path.clone(), name: TAP_NAME.into(), what: "link" };
+        let tap_index = tap_index(&handle, &path).await?.ok_or_else(incomplete)?;
+        // The tap is not ours to remove here: it is brig-vmm's.
+        let mut made = Made::default();
+        let result = redirect(&handle, &path, &interface, index, tap_index, &mut made).await;
+        if result.is_err() {
+            made.undo(&handle).await;
+        }
+        result.map(|()| Some(interface))
+    })
+}
+
 /// Removes the tap and interface `name`'s ingress qdisc (brig's, kind `ingress`: a
 /// `clsact` another tool attached is left alone) from the namespace at `netns`; what
 /// is already gone is not an error.
@@ -128,20 +205,27 @@ pub fn leave(netns: &Path, name: &str) -> Result<(), NetworkError> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
     pub netns: PathBuf,
+    /// CNI's interface; empty while none is joined.
     pub interface: String,
+    /// The namespace is the shim's ([`make_netns`]), removed with the task.
+    #[serde(default)]
+    pub owned: bool,
 }
 
 /// The file in a task's state directory holding its [`Attachment`].
 const ATTACHMENT_FILE: &str = "network";
+/// The file in a task's state directory its own network namespace is bound to.
+pub const OWN_NETNS: &str = "netns";
 
 impl From<NetworkError> for crate::error::ShimError {
     fn from(e: NetworkError) -> Self {
         use crate::error::ShimError;
         let text = crate::error::chain(&e);
         match e {
-            NetworkError::NoInterface { .. } | NetworkError::SeveralInterfaces { .. } | NetworkError::Busy { .. } => {
-                ShimError::FailedPrecondition(text)
-            }
+            NetworkError::NoInterface { .. }
+            | NetworkError::SeveralInterfaces { .. }
+            | NetworkError::Busy { .. }
+            | NetworkError::MtuAboveBoot { .. } => ShimError::FailedPrecondition(text),
             NetworkError::Netns { .. } => ShimError::InvalidArgument(text),
             _ => ShimError::Internal(text),
         }
@@ -155,20 +239,80 @@ pub async fn join_task(netns: PathBuf, dir: &Path) -> Result<(Joined, Attachment
     let joined = tokio::task::spawn_blocking(move || join(&path))
         .await
         .map_err(|e| crate::error::ShimError::Internal(format!("network join task: {e}")))??;
-    let attachment = Attachment { netns, interface: joined.interface.name.clone() };
-    let body = serde_json::to_vec(&attachment).map_err(|e| crate::error::ShimError::Internal(e.to_string()));
-    let recorded = body.and_then(|body| Ok(crate::files::write_private(&dir.join(ATTACHMENT_FILE), body)?));
-    if let Err(e) = recorded {
+    let attachment = Attachment { netns, interface: joined.interface.name.clone(), owned: false };
+    if let Err(e) = record(&attachment, dir) {
         leave_task(&attachment).await;
         return Err(e);
     }
     Ok((joined, attachment))
 }
 
-/// Undoes [`join_task`]; a failure is logged (the task is going away regardless).
+/// Writes the task's `network` file.
+fn record(attachment: &Attachment, dir: &Path) -> Result<(), crate::error::ShimError> {
+    let body = serde_json::to_vec(attachment).map_err(|e| crate::error::ShimError::Internal(e.to_string()))?;
+    Ok(crate::files::write_private(&dir.join(ATTACHMENT_FILE), body)?)
+}
+
+/// Runs blocking network work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, NetworkError> + Send + 'static,
+) -> Result<T, crate::error::ShimError> {
+    let done = tokio::task::spawn_blocking(work).await;
+    Ok(done.map_err(|e| crate::error::ShimError::Internal(format!("network task: {e}")))??)
+}
+
+/// Gives the task in `dir`, whose spec names no namespace, one of its own with a
+/// tap in it ([`make_netns`], [`make_tap`]), recorded before the tap is made.
+pub async fn own_task(dir: &Path) -> Result<(OwnedFd, Attachment), crate::error::ShimError> {
+    let netns = dir.join(OWN_NETNS);
+    let attachment = Attachment { netns: netns.clone(), interface: String::new(), owned: true };
+    let made = blocking({
+        let netns = netns.clone();
+        move || make_netns(&netns)
+    })
+    .await;
+    made?;
+    let tap = match record(&attachment, dir) {
+        Ok(()) => blocking(move || make_tap(&netns)).await,
+        Err(e) => Err(e),
+    };
+    match tap {
+        Ok(tap) => Ok((tap, attachment)),
+        Err(e) => {
+            leave_task(&attachment).await;
+            Err(e)
+        }
+    }
+}
+
+/// At start, [`connect`]s the task's own namespace, and records CNI's interface.
+pub async fn connect_task(
+    attachment: &mut Attachment,
+    dir: &Path,
+    max_mtu: u32,
+) -> Result<Option<Interface>, crate::error::ShimError> {
+    let netns = attachment.netns.clone();
+    let Some(interface) = blocking(move || connect(&netns, max_mtu)).await? else { return Ok(None) };
+    attachment.interface = interface.name.clone();
+    if let Err(e) = record(attachment, dir) {
+        leave_task(attachment).await;
+        return Err(e);
+    }
+    Ok(Some(interface))
+}
+
+/// Undoes [`join_task`], [`own_task`] and [`connect_task`]; a failure is logged (the
+/// task is going away regardless).
 pub async fn leave_task(attachment: &Attachment) {
-    let Attachment { netns, interface } = attachment.clone();
-    let left = tokio::task::spawn_blocking(move || leave(&netns, &interface)).await;
+    let Attachment { netns, interface, owned } = attachment.clone();
+    let left = tokio::task::spawn_blocking(move || {
+        let left = if netns.exists() { leave(&netns, &interface) } else { Ok(()) };
+        if owned {
+            remove_netns(&netns);
+        }
+        left
+    })
+    .await;
     match left {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::warn!("leaving {}: {}", attachment.netns.display(), crate::error::chain(&e)),
@@ -260,10 +404,20 @@ fn is_candidate(link: &LinkMessage) -> bool {
 }
 
 async fn join_in(handle: &Handle, path: &Path, made: &mut Made) -> Result<Joined, NetworkError> {
+    let (interface, index) =
+        find_interface(handle, path).await?.ok_or_else(|| NetworkError::NoInterface { path: path.into() })?;
+    let (tap, tap_index) = new_tap(handle, path, made).await?;
+    redirect(handle, path, &interface, index, tap_index, made).await?;
+    Ok(Joined { tap, interface })
+}
+
+/// CNI's interface in the namespace and its index, if it has one (several are
+/// refused, by name).
+async fn find_interface(handle: &Handle, path: &Path) -> Result<Option<(Interface, u32)>, NetworkError> {
     let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.map_err(netlink(path, "links"))?;
     let candidates: Vec<&LinkMessage> = links.iter().filter(|l| is_candidate(l)).collect();
     let link = match candidates.as_slice() {
-        [] => return Err(NetworkError::NoInterface { path: path.into() }),
+        [] => return Ok(None),
         [one] => *one,
         several => {
             let mut names: Vec<String> = several.iter().map(|l| link_name(l)).collect();
@@ -293,39 +447,56 @@ async fn join_in(handle: &Handle, path: &Path, made: &mut Made) -> Result<Joined
     let index = link.header.index;
     let addresses = addresses(handle, path, index).await?;
     let routes = routes(handle, path, index).await?;
+    Ok(Some((Interface { name, mac, mtu, addresses, routes }, index)))
+}
 
+/// The index of the tap in the namespace, if it has one.
+async fn tap_index(handle: &Handle, path: &Path) -> Result<Option<u32>, NetworkError> {
+    let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.map_err(netlink(path, "links"))?;
+    Ok(links.iter().find(|l| link_name(l) == TAP_NAME).map(|l| l.header.index))
+}
+
+/// Creates the tap (up, not yet redirected) in the namespace.
+async fn new_tap(handle: &Handle, path: &Path, made: &mut Made) -> Result<(OwnedFd, u32), NetworkError> {
     let tap =
         brig_policy::sys::create_tap(TAP_NAME).map_err(|source| NetworkError::Tap { path: path.into(), source })?;
-    let tap_index = handle
-        .link()
-        .get()
-        .match_name(TAP_NAME.to_owned())
-        .execute()
-        .try_next()
-        .await
-        .map_err(netlink(path, "the new tap"))?
-        .map(|l| l.header.index)
-        .ok_or_else(|| incomplete("tap after TUNSETIFF"))?;
+    let tap_index = tap_index(handle, path).await?.ok_or_else(|| NetworkError::Incomplete {
+        path: path.into(),
+        name: TAP_NAME.into(),
+        what: "link after TUNSETIFF",
+    })?;
     made.tap = Some(tap_index);
-    let refused = |what: String| move |source| NetworkError::TapRefused { path: path.into(), what, source };
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).build())
-        .execute()
-        .await
-        .map_err(refused(format!("MTU {mtu}")))?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(tap_index).up().build())
         .execute()
         .await
-        .map_err(refused("going up".into()))?;
+        .map_err(|source| NetworkError::TapRefused { path: path.into(), what: "going up".into(), source })?;
+    Ok((tap, tap_index))
+}
+
+/// Gives the tap the interface's MTU and redirects every frame between the two.
+async fn redirect(
+    handle: &Handle,
+    path: &Path,
+    interface: &Interface,
+    index: u32,
+    tap_index: u32,
+    made: &mut Made,
+) -> Result<(), NetworkError> {
+    let mtu = interface.mtu;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(|source| NetworkError::TapRefused { path: path.into(), what: format!("MTU {mtu}"), source })?;
     for (from, to) in [(index, tap_index), (tap_index, index)] {
         let from_i32 = i32::try_from(from).unwrap_or(i32::MAX);
         if let Err(e) = handle.qdisc().add(from_i32).ingress().execute().await {
             return Err(match &e {
                 rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST => {
-                    NetworkError::Busy { path: path.into(), name: name.clone() }
+                    NetworkError::Busy { path: path.into(), name: interface.name.clone() }
                 }
                 _ => netlink(path, "adding an ingress qdisc")(e),
             });
@@ -342,7 +513,7 @@ async fn join_in(handle: &Handle, path: &Path, made: &mut Made) -> Result<Joined
             .await
             .map_err(netlink(path, "adding the redirect filter"))?;
     }
-    Ok(Joined { tap, interface: Interface { name, mac, mtu, addresses, routes } })
+    Ok(())
 }
 
 async fn leave_in(handle: &Handle, path: &Path, name: &str) -> Result<(), NetworkError> {
@@ -583,6 +754,67 @@ mod tests {
             nix::unistd::write(&joined.tap, &frame).expect("write the tap");
         }
         assert!(cni.rx_packets() >= before + 5, "the guest's frames came out of the veth");
+    }
+
+    /// `ip ARGS` inside the namespace bound at `netns`.
+    fn ip_in(netns: &Path, args: &[&str]) -> String {
+        let net = format!("--net={}", netns.display());
+        let out = Command::new("nsenter").arg(&net).arg("ip").args(args).output().expect("nsenter runs");
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn an_own_namespace_gets_a_tap_then_cnis_interface_at_connect() {
+        let dir = std::env::temp_dir().join(format!("brig-own-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let netns = dir.join(OWN_NETNS);
+        make_netns(&netns).expect("make");
+        let err = make_netns(&netns).expect_err("it exists").to_string();
+        assert!(err.contains("cannot make the task's network namespace"), "{err}");
+        let mine = std::fs::read_link("/proc/self/ns/net").expect("ns");
+        let theirs = std::fs::read_link(format!("/proc/{}/ns/net", std::process::id())).expect("ns");
+        assert_eq!(mine, theirs, "the shim's own threads stay where they were");
+
+        let tap = make_tap(&netns).expect("tap");
+        assert!(ip_in(&netns, &["link", "show", TAP_NAME]).contains("UP"));
+        assert_eq!(connect(&netns, 1500).expect("connect"), None, "only lo and the tap: nothing to join");
+
+        // What CNI's bridge plugin does through /proc/<task pid>/ns/net.
+        let cni = Cni::new("own", false);
+        ip_in(&netns, &["link", "add", "eth0", "type", "veth", "peer", "name", "vo"]);
+        ip_in(&netns, &["link", "set", "vo", "netns", &format!("/run/netns/{}", cni.outer)]);
+        ip_in(&netns, &["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+        ip_in(&netns, &["link", "set", "eth0", "mtu", "1400", "up"]);
+        let err = connect(&netns, 1300).expect_err("above the boot MTU").to_string();
+        assert!(
+            err.contains("interface eth0 in") && err.contains("has MTU 1400") && err.contains("at most 1300"),
+            "{err}"
+        );
+        let net = format!("--net={}", netns.display());
+        let tc_in = |args: &[&str]| {
+            let out = Command::new("nsenter").arg(&net).arg("tc").args(args).output().expect("nsenter runs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let qdiscs = tc_in(&["qdisc", "show", "dev", "eth0"]);
+        assert!(!qdiscs.contains("ingress"), "refused before anything changed: {qdiscs}");
+
+        let eth0 = connect(&netns, 1500).expect("connect").expect("CNI's interface");
+        assert_eq!((eth0.name.as_str(), eth0.mtu), ("eth0", 1400));
+        assert_eq!(eth0.addresses, [IpNet { addr: "10.99.0.2".parse().expect("ip"), prefix: 24 }]);
+        assert!(ip_in(&netns, &["link", "show", TAP_NAME]).contains("mtu 1400"), "the tap takes eth0's MTU");
+        for dev in ["eth0", TAP_NAME] {
+            let filters = tc_in(&["filter", "show", "dev", dev, "ingress"]);
+            assert!(filters.contains("mirred (Egress Redirect to device"), "{dev}: {filters}");
+        }
+
+        drop(tap);
+        remove_netns(&netns);
+        assert!(!netns.exists());
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+        assert!(!mounts.contains(&*netns.to_string_lossy()), "{mounts}");
+        remove_netns(&netns);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

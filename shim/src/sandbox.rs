@@ -131,13 +131,15 @@ pub fn vmm_command(config: &Config, vm_json: &Path) -> std::process::Command {
 /// How much of the console's end is read for error messages.
 const CONSOLE_TAIL_BYTES: u64 = 16 << 10;
 
-/// The guest NIC of a VM whose network namespace is joined (crate::network): the tap
-/// brig-vmm serves, and the address and MTU of the interface CNI made.
+/// The guest NIC of a VM (crate::network): the tap brig-vmm serves, the address and
+/// MTU the NIC boots with, and the network namespace brig-vmm runs in (the task's,
+/// so that `/proc/<task pid>/ns/net` is it, as containerd and CNI expect).
 #[derive(Debug)]
 pub struct Nic {
     pub tap: std::os::fd::OwnedFd,
     pub mac: [u8; 6],
     pub mtu: u16,
+    pub netns: PathBuf,
 }
 
 /// The end of brig-vmm's (and brig-jailer's) stderr, `vmm.log`, for error messages.
@@ -173,13 +175,20 @@ impl Sandbox {
         let body = serde_json::to_vec_pretty(&vm).map_err(|e| ShimError::Internal(format!("encoding vm.json: {e}")))?;
         files::write_private(&dir.join("vm.json"), body)?;
         let vmm_args = vmm_args(config, &layout.vm.vm_json);
+        let netns = nic.as_ref().map(|nic| nic.netns.clone());
         let (mut command, jail) = if config.jail {
             let keep_fds = tap_fd.into_iter().collect();
-            let (command, jail) = jail::prepare(config, dir, size, rootfs_image, vmm_args, keep_fds)?;
+            let (command, jail) = jail::prepare(config, dir, size, rootfs_image, vmm_args, keep_fds, netns)?;
             (command, Some(jail))
         } else {
             log::warn!("brig-vmm runs WITHOUT its jail (jail = false in the config): for development only");
-            (vmm_command(config, &layout.vm.vm_json), None)
+            let mut command = vmm_command(config, &layout.vm.vm_json);
+            if let Some(netns) = netns {
+                let file =
+                    std::fs::File::open(&netns).map_err(ShimError::io(format!("opening {}", netns.display())))?;
+                brig_policy::sys::enter_netns_on_exec(&mut command, file.into());
+            }
+            (command, None)
         };
         if let Some(fd) = tap_fd {
             brig_policy::sys::keep_open_on_exec(&mut command, fd);

@@ -131,6 +131,94 @@ impl Drop for CniNamespace<'_> {
     }
 }
 
+/// Where `ctr run --cni` (go-cni's defaults) reads network configs and finds plugins.
+const CTR_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+const CTR_CNI_BIN_DIR: &str = "/opt/cni/bin";
+
+/// A bridge network as `ctr run --cni` uses it: the first config in go-cni's
+/// default directory, and its plugin directory pointing at Debian's plugins (the
+/// test host's root is an overlay: nothing reaches the real host). Removed on drop,
+/// with the bridge.
+#[derive(Debug)]
+pub struct CtrNetwork {
+    conf: PathBuf,
+    data_dir: PathBuf,
+    name: String,
+    bridge: String,
+    linked_plugins: bool,
+    pub gateway: String,
+}
+
+impl CtrNetwork {
+    pub fn install(name: &str, bridge: &str, subnet: &str) -> CtrNetwork {
+        let data_dir = std::env::temp_dir().join(format!("brig-ctr-cni-{name}-{}", std::process::id()));
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir},
+            }],
+        });
+        std::fs::create_dir_all(CTR_CNI_CONF_DIR).expect("CNI's config directory");
+        // First in go-cni's sorted list: the default network.
+        let conf = Path::new(CTR_CNI_CONF_DIR).join(format!("00-{name}.conflist"));
+        std::fs::write(&conf, config.to_string()).expect("the CNI config");
+        let linked_plugins = !Path::new(CTR_CNI_BIN_DIR).exists();
+        if linked_plugins {
+            std::fs::create_dir_all("/opt/cni").expect("/opt/cni");
+            std::os::unix::fs::symlink(PLUGINS, CTR_CNI_BIN_DIR).expect("/opt/cni/bin → Debian's plugins");
+        }
+        let prefix = subnet.rsplit_once('.').map_or(subnet, |(p, _)| p);
+        CtrNetwork {
+            conf,
+            data_dir,
+            name: name.into(),
+            bridge: bridge.into(),
+            linked_plugins,
+            gateway: format!("{prefix}.1"),
+        }
+    }
+
+    /// The address `host-local` gave containerd's container `id` (CNI's container id
+    /// is `NAMESPACE-ID`), once it has one.
+    pub fn address_of(&self, id: &str) -> Option<String> {
+        let owner = format!("default-{id}");
+        let records = std::fs::read_dir(self.data_dir.join(&self.name)).ok()?;
+        records.flatten().find_map(|record| {
+            let text = std::fs::read_to_string(record.path()).ok()?;
+            let name = record.file_name().to_string_lossy().into_owned();
+            (text.lines().next().map(str::trim) == Some(owner.as_str())).then_some(name)
+        })
+    }
+
+    /// Waits up to a minute for [`CtrNetwork::address_of`].
+    pub fn wait_for_address(&self, id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(address) = self.address_of(id) {
+                return address;
+            }
+            assert!(Instant::now() < deadline, "no CNI address for {id} after 60 s in {}", self.data_dir.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for CtrNetwork {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.conf);
+        if self.linked_plugins {
+            let _ = std::fs::remove_file(CTR_CNI_BIN_DIR);
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
 /// `program ARGS…`'s stdout; it must succeed.
 pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));

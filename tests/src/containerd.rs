@@ -371,6 +371,8 @@ pub struct Leftovers {
     pub jail_uids: Vec<String>,
     pub cgroups: Vec<String>,
     pub rootfs_mounts: Vec<String>,
+    /// Tasks' own network namespaces (`/run/brig/<task>/netns`, nsfs bind mounts).
+    pub netns_mounts: Vec<String>,
     pub private_images: Vec<String>,
 }
 
@@ -399,10 +401,16 @@ pub fn leftovers() -> Leftovers {
         .filter(|e| e.path().is_dir())
         .map(|e| e.path().display().to_string())
         .collect();
-    found.rootfs_mounts = std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    found.rootfs_mounts = mounts
         .lines()
         .filter(|l| l.contains("io.containerd.runtime.v2.task") && l.contains("/rootfs "))
+        .map(str::to_owned)
+        .collect();
+    found.netns_mounts = mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(1).is_some_and(|target| target.starts_with("/run/brig/")))
+        .filter(|l| l.split(' ').nth(2) == Some("nsfs"))
         .map(str::to_owned)
         .collect();
     found.private_images = std::fs::read_dir("/var/lib/brig/images")

@@ -10,7 +10,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use brig_tests::cni::{accept_within, run, vmm_control, CniNetwork};
+use brig_tests::cni::{accept_within, run, vmm_control, CniNetwork, CtrNetwork};
 use brig_tests::containerd::{describe, Containerd};
 
 const BRIDGE: &str = "brigcni0";
@@ -103,6 +103,84 @@ fn a_cni_namespace_is_the_containers_network_and_is_left_after_delete_and_after_
     containerd.assert_ok(&containerd.ctr(&["container", "delete", "killed"]));
     assert_eq!(ns.brigs(), Vec::<String>::new(), "nothing of brig's after brig-vmm's SIGKILL");
     containerd.assert_no_leftovers("CNI namespace");
+}
+
+/// What `ctr run --cni` does: create the task (brig gives it a namespace of its own,
+/// with brig-vmm in it), run CNI on `/proc/<task pid>/ns/net`, start it; on exit,
+/// CNI DEL and delete.
+#[test]
+#[ignore = "needs kvm-host: run with `cargo xtask test`"]
+fn ctr_run_cni_gives_the_container_the_address_cni_reports_and_leaves_nothing() {
+    brig_tests::require_kvm_host();
+    let containerd = Containerd::start();
+    let network = CtrNetwork::install("brig-ctr", "brigctr0", "10.88.9.0/24");
+    let serve = "mkdir -p /www && echo brig-cni-page > /www/index.html && exec httpd -f -p 80 -h /www";
+    let ctr = containerd
+        .run_command(&["--rm", "--cni"], "cnirun", &["sh", "-c", serve])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr run --cni");
+    let pid = containerd.wait_for_status("cnirun", "RUNNING");
+    let address = network.wait_for_address("cnirun");
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    let filters = run("nsenter", &[&netns, "tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(filters.contains("mirred") && filters.contains("tap0_brig"), "eth0 redirects to the tap: {filters}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        match http_get(&address) {
+            Ok(answer) => break answer,
+            Err(e) if Instant::now() > deadline => {
+                panic!("no page from {address}: {e}; {:?}", vmm_control("cnirun").metrics().expect("metrics"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    assert!(page.contains("brig-cni-page"), "{page}");
+    let addr = containerd.ctr(&["task", "exec", "--exec-id", "addr", "cnirun", "ip", "addr", "show", "eth0"]);
+    containerd.assert_ok(&addr);
+    let text = String::from_utf8_lossy(&addr.stdout);
+    assert!(text.contains(&format!("inet {address}/24")), "the address CNI reported ({address}): {text}");
+    let listener = std::net::TcpListener::bind((network.gateway.as_str(), 0)).expect("a listener on the bridge");
+    let port = listener.local_addr().expect("port").port();
+    let send = format!("echo hello-ctr | nc {} {port}", network.gateway);
+    let nc = containerd
+        .command(&["task", "exec", "--exec-id", "nc", "cnirun", "sh", "-c", &send])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr task exec");
+    let (conn, from) = accept_within(&listener, Duration::from_secs(60));
+    conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line).expect("the container's line");
+    drop(conn);
+    containerd.assert_ok(&nc.wait_with_output().expect("ctr task exec"));
+    assert_eq!((line.as_str(), from.ip().to_string()), ("hello-ctr\n", address.clone()));
+
+    containerd.assert_ok(&containerd.ctr(&["task", "kill", "-s", "SIGKILL", "cnirun"]));
+    let out = ctr.wait_with_output().expect("ctr run");
+    assert_eq!(out.status.code(), Some(137), "{}", describe(&out));
+    assert_eq!(network.address_of("cnirun"), None, "ctr's CNI DEL released the address");
+    containerd.assert_no_leftovers("ctr run --cni, killed");
+
+    // brig-vmm killed: the namespace (and with it the tap, CNI's veth and its
+    // redirects) goes with the task.
+    let ctr = containerd
+        .run_command(&["--rm", "--cni"], "cnikill", &["sleep", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr run --cni");
+    let pid = containerd.wait_for_status("cnikill", "RUNNING");
+    network.wait_for_address("cnikill");
+    run("kill", &["-9", &pid.to_string()]);
+    let out = ctr.wait_with_output().expect("ctr run");
+    assert_eq!(out.status.code(), Some(255), "{}", describe(&out));
+    containerd.assert_no_leftovers("ctr run --cni, brig-vmm killed");
+    let veths = run("ip", &["-o", "link", "show", "master", "brigctr0"]);
+    assert_eq!(veths.trim(), "", "no veth of the task is left on the bridge");
 }
 
 #[test]

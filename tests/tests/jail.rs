@@ -69,6 +69,10 @@ fn assert_jailed(pid: u32, when: &str) {
         let host = std::fs::read_link(Path::new("/proc/self/ns").join(ns)).expect("host ns");
         assert_ne!(own, host, "{when}: brig-vmm shares the host's {ns} namespace");
     }
+    // Its network namespace is the task's own (what CNI configures through
+    // /proc/<task pid>/ns/net), bound in the task's directory.
+    let ino = |path: &Path| std::fs::metadata(path).map(|m| m.ino()).expect("a namespace");
+    assert_eq!(ino(&proc.join("ns/net")), ino(&task_dir_of(pid).join("netns")), "{when}: brig-vmm's netns");
     // Its cgroup is the sandbox's, with the limits.
     let cgroup = std::fs::read_to_string(proc.join("cgroup")).expect("cgroup");
     let path = cgroup.trim().strip_prefix("0::").expect("cgroup v2").to_owned();
@@ -132,7 +136,8 @@ fn assert_jailed(pid: u32, when: &str) {
     let spec = brig_policy::jail::JailSpec::from_file(&task_dir.join("jail.json")).expect("jail.json");
     let mut own: Vec<PathBuf> = spec.files.iter().map(|f| f.host.clone()).collect();
     own.extend([task_dir.join("vmm.log"), task_dir.join("jail/state/console.log"), task_dir.join("jail/dev/kvm")]);
-    own.push("/dev/null".into());
+    // The tap (its descriptor reads as /dev/net/tun's node): every VM has its NIC.
+    own.extend(["/dev/null".into(), "/dev/net/tun".into()]);
     let id = |path: &Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
     let allowed: Vec<(u64, u64)> = own.iter().filter_map(|p| id(p)).collect();
     // Guest RAM: the one unnamed file on the jail's /memory tmpfs.

@@ -328,13 +328,23 @@ impl Manager {
         Ok(pid.as_raw() as u32)
     }
 
-    pub fn start(&self, id: &str) -> Result<(), ContainerError> {
+    /// Lets the container's process exec; with `interface`, the VM's NIC is moved
+    /// into its network namespace and configured first.
+    pub fn start(&self, id: &str, interface: Option<network::Interface>) -> Result<(), ContainerError> {
         let container = self.get(id)?;
         if container.state() != State::Created {
             return Err(ContainerError::FailedPrecondition(format!(
                 "container {id} is {}, not created",
                 container.state()
             )));
+        }
+        if let Some(interface) = interface {
+            if !clone_flags(&container.spec).contains(CloneFlags::CLONE_NEWNET) {
+                return Err(ContainerError::Invalid(
+                    "an interface for a container without a network namespace of its own".into(),
+                ));
+            }
+            network::configure(container.init.pid, Some(interface))?;
         }
         container.init.release()?;
         *lock(&container.state) = State::Running;

@@ -15,9 +15,8 @@ use crate::files;
 use crate::guest::Guest;
 use crate::io::StdioPaths;
 use crate::network::{self, Attachment};
-use crate::sandbox::{Nic, Size, ROOTFS_SERIAL};
-use crate::spec::{self, NetworkNamespace};
-use brig_vmm_api::config::{MAX_MTU, MIN_MTU};
+use crate::sandbox::{Size, ROOTFS_SERIAL};
+use crate::spec;
 
 /// Where a task keeps its sockets and logs: short enough for Unix socket paths.
 pub fn task_dir(config: &Config, namespace: &str, id: &str) -> PathBuf {
@@ -40,18 +39,6 @@ fn guest_rootfs() -> agent_api::Rootfs {
         writable_layer: true,
         ..Default::default()
     }
-}
-
-/// The guest NIC for a joined namespace: CNI's interface's address and MTU.
-fn nic(joined: network::Joined) -> Result<Nic, ShimError> {
-    let interface = &joined.interface;
-    let mtu = u16::try_from(interface.mtu).ok().filter(|mtu| (MIN_MTU..=MAX_MTU).contains(mtu)).ok_or_else(|| {
-        ShimError::FailedPrecondition(format!(
-            "interface {} has MTU {}; a brig VM's NIC takes {MIN_MTU}-{MAX_MTU}",
-            interface.name, interface.mtu
-        ))
-    })?;
-    Ok(Nic { mac: interface.mac, mtu, tap: joined.tap })
 }
 
 /// What the agent makes of the VM's NIC in the container: CNI's interface.
@@ -91,8 +78,9 @@ pub struct Container {
     /// The container's own process.
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
-    /// The host network namespace joined to the VM, if the spec named one.
-    network: Option<Attachment>,
+    /// The task's network namespace and the interface joined to the VM (the spec's
+    /// namespace, or the shim's own for a spec that names none).
+    network: Mutex<Option<Attachment>>,
 }
 
 /// What a failed `Create` has made so far, undone by [`Undo::run`].
@@ -110,7 +98,7 @@ impl Undo {
             vm.stop().await;
         }
         if let Some(attachment) = &self.network {
-            network::leave_task(attachment).await;
+            self.host.release_network(attachment).await;
         }
         if let Some(rootfs) = self.rootfs {
             self.host.release_rootfs(&rootfs);
@@ -159,16 +147,10 @@ impl Container {
         files::write_private(&dir.join("task"), format!("{namespace}/{}\n{}\nshim {shim}\n", req.id, req.bundle))?;
         let rootfs = host.prepare_rootfs(config, &bundle, &req.rootfs, &dir).await?;
         undo.rootfs = Some(rootfs.clone());
-        let (nic, interface) = match spec.network.clone() {
-            NetworkNamespace::New => (None, None),
-            NetworkNamespace::Host(netns) => {
-                let (joined, attachment) = network::join_task(netns, &dir).await?;
-                undo.network = Some(attachment);
-                let interface = guest_interface(&joined.interface);
-                (Some(nic(joined)?), Some(interface))
-            }
-        };
-        let vm = host.start_vm(config, &dir, size, &rootfs, nic).await?;
+        let (nic, interface, attachment) = host.prepare_network(&spec.network, &dir).await?;
+        undo.network = Some(attachment);
+        let interface = interface.as_ref().map(guest_interface);
+        let vm = host.start_vm(config, &dir, size, &rootfs, Some(nic)).await?;
         undo.vm = Some(vm.clone());
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
@@ -191,7 +173,7 @@ impl Container {
             guest,
             init,
             execs: Mutex::new(HashMap::new()),
-            network: undo.network.clone(),
+            network: Mutex::new(undo.network.clone()),
         }))
     }
 
@@ -241,8 +223,19 @@ impl Container {
     /// guest refused to start can be started again.
     pub async fn start(&self, proc: &Process) -> Result<(), ShimError> {
         proc.begin_start()?;
+        let interface = match proc.exec_id {
+            None => self.connect_network().await,
+            Some(_) => Ok(None),
+        };
+        let interface = match interface {
+            Ok(interface) => interface,
+            Err(e) => {
+                proc.start_failed();
+                return Err(e);
+            }
+        };
         let started = match proc.exec_id.as_deref() {
-            None => self.guest.start_container(&self.id).await,
+            None => self.guest.start_container(&self.id, interface).await,
             Some(exec_id) => {
                 let stdio = proc.paths.agent_stdio();
                 self.guest.exec_process(&self.id, exec_id, proc.spec.clone(), stdio).await
@@ -258,6 +251,16 @@ impl Container {
             proc.set_copies(copies).await;
         }
         Ok(())
+    }
+
+    /// At start, joins the interface CNI put in the task's own namespace since create
+    /// (`ctr run --cni`), if it has one: what the guest NIC is to be in the container.
+    async fn connect_network(&self) -> Result<Option<agent_api::Interface>, ShimError> {
+        let attachment = lock(&self.network).clone();
+        let Some(mut attachment) = attachment.filter(|a| a.owned && a.interface.is_empty()) else { return Ok(None) };
+        let connected = self.host.connect_network(&mut attachment, &self.dir).await;
+        *lock(&self.network) = Some(attachment);
+        Ok(connected?.as_ref().map(guest_interface))
     }
 
     pub async fn kill(&self, exec_id: Option<&str>, signal: u32, all: bool) -> Result<(), ShimError> {
@@ -291,8 +294,9 @@ impl Container {
             }
         }
         self.vm.stop().await;
-        if let Some(attachment) = &self.network {
-            network::leave_task(attachment).await;
+        let attachment = lock(&self.network).take();
+        if let Some(attachment) = &attachment {
+            self.host.release_network(attachment).await;
         }
         self.host.release_rootfs(&self.rootfs);
         let _ = std::fs::remove_dir_all(&self.dir);

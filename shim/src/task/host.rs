@@ -13,7 +13,10 @@ use crate::error::ShimError;
 use crate::guest::Guest;
 use crate::image::{self, RootfsImage};
 use crate::io::{self, Copies, StdioPaths};
+use crate::network::{self, Attachment, Interface};
 use crate::sandbox::{Nic, Sandbox, Size};
+use crate::spec::NetworkNamespace;
+use brig_vmm_api::config::{MAX_MTU, MIN_MTU};
 
 /// A task's rootfs, ready for its VM.
 #[derive(Debug, Clone)]
@@ -48,6 +51,49 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         rootfs: &Rootfs,
         nic: Option<Nic>,
     ) -> Result<Arc<dyn Vm>, ShimError>;
+    /// Gives the task in `dir` its network (crate::network): the namespace the spec
+    /// names, joined to a tap now, with what the guest NIC is to be; or, for a spec
+    /// that names none, a namespace of the shim's own with a tap and no interface yet.
+    /// Recorded in `dir` before anything is made; on failure nothing is left.
+    async fn prepare_network(
+        &self,
+        network: &NetworkNamespace,
+        dir: &Path,
+    ) -> Result<(Nic, Option<Interface>, Attachment), ShimError>;
+    /// At start, joins the interface CNI put in the shim's own namespace since
+    /// create (`ctr run --cni`), if there is one, and records it in `attachment`.
+    async fn connect_network(&self, attachment: &mut Attachment, dir: &Path) -> Result<Option<Interface>, ShimError>;
+    /// Undoes [`Host::prepare_network`] and [`Host::connect_network`].
+    async fn release_network(&self, attachment: &Attachment);
+}
+
+/// The guest NIC for a joined namespace: CNI's interface's address and MTU.
+fn nic(joined: network::Joined, netns: PathBuf) -> Result<Nic, ShimError> {
+    let interface = &joined.interface;
+    let mtu = u16::try_from(interface.mtu).ok().filter(|mtu| (MIN_MTU..=MAX_MTU).contains(mtu)).ok_or_else(|| {
+        ShimError::FailedPrecondition(format!(
+            "interface {} has MTU {}; a brig VM's NIC takes {MIN_MTU}-{MAX_MTU}",
+            interface.name, interface.mtu
+        ))
+    })?;
+    Ok(Nic { mac: interface.mac, mtu, tap: joined.tap, netns })
+}
+
+/// The MTU the NIC of a VM in its own namespace boots with: the most an interface
+/// CNI adds later may have (the guest's virtio-net takes the device's MTU as its
+/// maximum), and Ethernet's, which CNI's bridge and ptp plugins give.
+const OWN_NETNS_MTU: u16 = 1500;
+
+/// A locally administered unicast address for the NIC of a VM in its own namespace,
+/// from the task's directory name (a hash of namespace and id). The agent gives the
+/// NIC CNI's address when an interface is joined; until then no frame leaves the tap.
+fn own_netns_mac(dir: &Path) -> [u8; 6] {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut mac = [0x02, 0, 0, 0, 0, 0];
+    for (i, byte) in mac.iter_mut().enumerate().skip(1) {
+        *byte = name.get(2 * i..2 * i + 2).and_then(|hex| u8::from_str_radix(hex, 16).ok()).unwrap_or(0);
+    }
+    mac
 }
 
 /// A task's running VM.
@@ -121,6 +167,39 @@ impl Host for BrigHost {
     ) -> Result<Arc<dyn Vm>, ShimError> {
         let sandbox: Arc<dyn Vm> = Sandbox::start(config, dir, size, &rootfs.image.path, nic).await?;
         Ok(sandbox)
+    }
+
+    async fn prepare_network(
+        &self,
+        namespace: &NetworkNamespace,
+        dir: &Path,
+    ) -> Result<(Nic, Option<Interface>, Attachment), ShimError> {
+        match namespace {
+            NetworkNamespace::New => {
+                let (tap, attachment) = network::own_task(dir).await?;
+                let netns = attachment.netns.clone();
+                Ok((Nic { tap, mac: own_netns_mac(dir), mtu: OWN_NETNS_MTU, netns }, None, attachment))
+            }
+            NetworkNamespace::Host(netns) => {
+                let (joined, attachment) = network::join_task(netns.clone(), dir).await?;
+                let interface = joined.interface.clone();
+                match nic(joined, netns.clone()) {
+                    Ok(nic) => Ok((nic, Some(interface), attachment)),
+                    Err(e) => {
+                        network::leave_task(&attachment).await;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect_network(&self, attachment: &mut Attachment, dir: &Path) -> Result<Option<Interface>, ShimError> {
+        network::connect_task(attachment, dir, u32::from(OWN_NETNS_MTU)).await
+    }
+
+    async fn release_network(&self, attachment: &Attachment) {
+        network::leave_task(attachment).await;
     }
 }
 

@@ -24,7 +24,9 @@ use crate::error::ShimError;
 use crate::guest::{Guest, GuestError, ProcessExit};
 use crate::image::RootfsImage;
 use crate::io::{Copies, StdioPaths};
-use crate::sandbox::Size;
+use crate::network::{Attachment, Interface};
+use crate::sandbox::{Nic, Size};
+use crate::spec::NetworkNamespace;
 
 const VMM_PID: u32 = 4242;
 /// Longer than any step of the lifecycle may take against fakes.
@@ -126,9 +128,10 @@ impl Guest for FakeGuest {
         self.called("create", detail)
     }
 
-    async fn start_container(&self, id: &str) -> Result<(), GuestError> {
+    async fn start_container(&self, id: &str, interface: Option<agent_api::Interface>) -> Result<(), GuestError> {
         let gate = lock(&self.start_gate).take();
-        let called = self.called("start", id.to_owned());
+        let nic = interface.map(|i| format!(" nic mtu={}", i.mtu)).unwrap_or_default();
+        let called = self.called("start", format!("{id}{nic}"));
         if let Some(gate) = gate {
             let _ = gate.await;
         }
@@ -284,6 +287,8 @@ struct FakeHost {
     guest: Arc<FakeGuest>,
     log: Arc<Mutex<Vec<String>>>,
     vm: Mutex<Option<Arc<FakeVm>>>,
+    /// The interface CNI "added" to the task's own namespace before start.
+    cni: Mutex<Option<Interface>>,
 }
 
 impl FakeHost {
@@ -320,7 +325,7 @@ impl Host for FakeHost {
         _dir: &Path,
         size: Size,
         _rootfs: &Rootfs,
-        _nic: Option<crate::sandbox::Nic>,
+        _nic: Option<Nic>,
     ) -> Result<Arc<dyn Vm>, ShimError> {
         lock(&self.log).push(format!("start vm {}x{}MiB", size.vcpus, size.memory_mib));
         let vm = Arc::new(FakeVm {
@@ -331,6 +336,34 @@ impl Host for FakeHost {
         });
         *lock(&self.vm) = Some(vm.clone());
         Ok(vm)
+    }
+
+    async fn prepare_network(
+        &self,
+        network: &NetworkNamespace,
+        dir: &Path,
+    ) -> Result<(Nic, Option<Interface>, Attachment), ShimError> {
+        let (netns, owned) = match network {
+            NetworkNamespace::New => (dir.join("netns"), true),
+            NetworkNamespace::Host(path) => (path.clone(), false),
+        };
+        lock(&self.log).push(format!("prepare network (own: {owned})"));
+        let tap = std::fs::File::open("/dev/null").expect("/dev/null").into();
+        let nic = Nic { tap, mac: [2, 0, 0, 0, 0, 1], mtu: 1500, netns: netns.clone() };
+        Ok((nic, None, Attachment { netns, interface: String::new(), owned }))
+    }
+
+    async fn connect_network(&self, attachment: &mut Attachment, _dir: &Path) -> Result<Option<Interface>, ShimError> {
+        let cni = lock(&self.cni).take();
+        lock(&self.log).push(format!("connect network ({})", cni.as_ref().map_or("none", |i| i.name.as_str())));
+        if let Some(interface) = &cni {
+            attachment.interface = interface.name.clone();
+        }
+        Ok(cni)
+    }
+
+    async fn release_network(&self, attachment: &Attachment) {
+        lock(&self.log).push(format!("release network ({})", attachment.interface));
     }
 }
 
@@ -417,7 +450,7 @@ impl Harness {
         };
         let guest = FakeGuest::new();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let host = Arc::new(FakeHost { guest: guest.clone(), log, vm: Mutex::new(None) });
+        let host = Arc::new(FakeHost { guest: guest.clone(), log, vm: Mutex::new(None), cni: Mutex::new(None) });
         let events = Arc::new(Recorder::default());
         let exit = Arc::new(ExitSignal::default());
         let service =
@@ -513,7 +546,12 @@ fn code<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> Code {
 async fn the_lifecycle_reaches_containerd_in_runc_order() {
     let h = Harness::new("lifecycle");
     assert_eq!(h.create("c1").await.expect("create").pid, VMM_PID);
-    let booted = ["prepare rootfs (0 mounts)", "start vm 1x192MiB", "attach c1 None stdout=/run/fifo/out"];
+    let booted = [
+        "prepare rootfs (0 mounts)",
+        "prepare network (own: true)",
+        "start vm 1x192MiB",
+        "attach c1 None stdout=/run/fifo/out",
+    ];
     assert_eq!(h.host.log(), booted, "the VM is sized from the spec (128 MiB + 64 MiB overhead)");
     assert_eq!(h.status("c1", "").await, Status::CREATED);
     assert!(h.task_dir("c1").join("task").is_file(), "the task file records namespace, id and bundle");
@@ -563,8 +601,14 @@ async fn the_lifecycle_reaches_containerd_in_runc_order() {
     ];
     assert_eq!(calls, expected, "exec ids reach the guest as None for the task's own process");
     assert_eq!(waits, ["wait c1 None", r#"wait c1 Some("e1")"#], "one waiter per started process");
-    let torn_down = [r#"attach c1 Some("e1") stdout=/run/fifo/exec-out"#, "stop vm", "release rootfs (mounted: false)"];
-    assert_eq!(h.host.log()[3..], torn_down);
+    let torn_down = [
+        "connect network (none)",
+        r#"attach c1 Some("e1") stdout=/run/fifo/exec-out"#,
+        "stop vm",
+        "release network ()",
+        "release rootfs (mounted: false)",
+    ];
+    assert_eq!(h.host.log()[4..], torn_down);
     assert!(!h.task_dir("c1").exists(), "the task's state directory is gone");
     assert_eq!(code(h.state("c1", "").await), Code::NOT_FOUND);
 }
@@ -646,6 +690,33 @@ async fn a_task_is_running_once_start_has_returned() {
     assert_eq!(h.events.topics(), ["create", "start"]);
 }
 
+#[tokio::test]
+async fn an_interface_cni_added_after_create_is_joined_at_start() {
+    let h = Harness::new("cni-at-start");
+    h.create("c1").await.expect("create");
+    let eth0 = Interface {
+        name: "eth0".into(),
+        mac: [0x0a, 0x58, 10, 88, 0, 5],
+        mtu: 1400,
+        addresses: vec![crate::network::IpNet { addr: "10.88.0.5".parse().expect("ip"), prefix: 16 }],
+        routes: Vec::new(),
+    };
+    *lock(&h.host.cni) = Some(eth0);
+    h.start("c1", "").await.expect("start");
+    assert!(h.guest.calls().contains(&"start c1 nic mtu=1400".to_owned()), "{:?}", h.guest.calls());
+    h.exec("c1", "e1").await.expect("exec");
+    h.start("c1", "e1").await.expect("an exec joins nothing");
+    assert_eq!(h.host.log().iter().filter(|l| l.starts_with("connect network")).count(), 1, "{:?}", h.host.log());
+    h.kill("c1", "", 9).await.expect("kill");
+    h.wait("c1", "").await.expect("wait");
+    h.delete("c1", "").await.expect("delete");
+    assert!(
+        h.host.log().contains(&"release network (eth0)".to_owned()),
+        "the joined interface is left: {:?}",
+        h.host.log()
+    );
+}
+
 /// The agent is lost during `Start` (brig-vmm killed, or its guest link gone):
 /// the task ends before `Start` answers, so that containerd can delete it.
 async fn start_without_an_agent(h: &Harness) {
@@ -694,7 +765,14 @@ async fn a_failing_create_leaves_nothing_registered() {
     let ttrpc::Error::RpcStatus(status) = err else { panic!("a status: {err:?}") };
     assert_eq!(status.code(), Code::INVALID_ARGUMENT, "the agent's code reaches containerd");
     assert_eq!(status.message, "agent: process.args is empty");
-    let undone = ["prepare rootfs (0 mounts)", "start vm 1x192MiB", "stop vm", "release rootfs (mounted: false)"];
+    let undone = [
+        "prepare rootfs (0 mounts)",
+        "prepare network (own: true)",
+        "start vm 1x192MiB",
+        "stop vm",
+        "release network ()",
+        "release rootfs (mounted: false)",
+    ];
     assert_eq!(h.host.log(), undone, "the VM is stopped and the rootfs released");
     assert!(!h.task_dir("c1").exists(), "no state directory is left");
     assert!(h.events.topics().is_empty(), "no TaskCreate for a task that does not exist");
