@@ -266,12 +266,11 @@ async fn blocking<T: Send + 'static>(
 pub async fn own_task(dir: &Path) -> Result<(OwnedFd, Attachment), crate::error::ShimError> {
     let netns = dir.join(OWN_NETNS);
     let attachment = Attachment { netns: netns.clone(), interface: String::new(), owned: true };
-    let made = blocking({
+    blocking({
         let netns = netns.clone();
         move || make_netns(&netns)
     })
-    .await;
-    made?;
+    .await?;
     let tap = match record(&attachment, dir) {
         Ok(()) => blocking(move || make_tap(&netns)).await,
         Err(e) => Err(e),

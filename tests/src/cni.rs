@@ -14,6 +14,24 @@ use crate::containerd::describe;
 /// Where Debian's containernetworking-plugins are.
 pub const PLUGINS: &str = "/usr/lib/cni";
 
+/// The `bridge` plugin's config on `bridge` with `host-local` addresses from
+/// `subnet`, recorded in `data_dir`.
+fn bridge_plugin(bridge: &str, subnet: &str, data_dir: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": true,
+        "ipMasq": false,
+        "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir},
+    })
+}
+
+/// The bridge's address on `subnet` (`10.88.7.0/24` → `10.88.7.1`).
+fn gateway_of(subnet: &str) -> String {
+    let prefix = subnet.rsplit_once('.').map_or(subnet, |(p, _)| p);
+    format!("{prefix}.1")
+}
+
 /// One bridge network: its CNI config and `host-local`'s address records, shared by
 /// every namespace put on it (so each gets an address of its own).
 #[derive(Debug)]
@@ -28,18 +46,10 @@ impl CniNetwork {
     /// Bridge `bridge` on `subnet` (`10.88.7.0/24`: the gateway is `.1`).
     pub fn new(name: &str, bridge: &str, subnet: &str) -> CniNetwork {
         let data_dir = std::env::temp_dir().join(format!("brig-cni-{name}-{}", std::process::id()));
-        let config = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": name,
-            "type": "bridge",
-            "bridge": bridge,
-            "isGateway": true,
-            "ipMasq": false,
-            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir},
-        })
-        .to_string();
-        let prefix = subnet.rsplit_once('.').map_or(subnet, |(p, _)| p);
-        CniNetwork { config, data_dir, gateway: format!("{prefix}.1") }
+        let mut config = bridge_plugin(bridge, subnet, &data_dir);
+        config["cniVersion"] = "1.0.0".into();
+        config["name"] = name.into();
+        CniNetwork { config: config.to_string(), data_dir, gateway: gateway_of(subnet) }
     }
 
     /// A new named namespace, put on this network by CNI ADD.
@@ -155,13 +165,7 @@ impl CtrNetwork {
         let config = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": name,
-            "plugins": [{
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": true,
-                "ipMasq": false,
-                "ipam": {"type": "host-local", "subnet": subnet, "dataDir": data_dir},
-            }],
+            "plugins": [bridge_plugin(bridge, subnet, &data_dir)],
         });
         std::fs::create_dir_all(CTR_CNI_CONF_DIR).expect("CNI's config directory");
         // First in go-cni's sorted list: the default network.
@@ -172,14 +176,13 @@ impl CtrNetwork {
             std::fs::create_dir_all("/opt/cni").expect("/opt/cni");
             std::os::unix::fs::symlink(PLUGINS, CTR_CNI_BIN_DIR).expect("/opt/cni/bin → Debian's plugins");
         }
-        let prefix = subnet.rsplit_once('.').map_or(subnet, |(p, _)| p);
         CtrNetwork {
             conf,
             data_dir,
             name: name.into(),
             bridge: bridge.into(),
             linked_plugins,
-            gateway: format!("{prefix}.1"),
+            gateway: gateway_of(subnet),
         }
     }
 

@@ -30,6 +30,50 @@ fn http_get(address: &str) -> std::io::Result<String> {
     Ok(answer)
 }
 
+/// The page httpd in task `id` serves at `address`, within a minute (it may still be
+/// starting).
+fn fetch_page(address: &str, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match http_get(address) {
+            Ok(answer) => return answer,
+            Err(e) if Instant::now() > deadline => {
+                panic!("no page from {address}: {e}; {:?}", vmm_control(id).metrics().expect("metrics"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// `ip addr show eth0` in task `id`.
+fn eth0_of(containerd: &Containerd, id: &str) -> String {
+    let addr = containerd.ctr(&["task", "exec", "--exec-id", "addr", id, "ip", "addr", "show", "eth0"]);
+    containerd.assert_ok(&addr);
+    String::from_utf8_lossy(&addr.stdout).into_owned()
+}
+
+/// Task `id` sends `text` with `nc` to a listener on `gateway` (the bridge's side);
+/// returns the line the host read and the address it came from.
+fn line_from_container(containerd: &Containerd, id: &str, gateway: &str, text: &str) -> (String, String) {
+    let listener = std::net::TcpListener::bind((gateway, 0)).expect("a listener on the bridge");
+    let port = listener.local_addr().expect("port").port();
+    // busybox nc waits for the peer to close: the host reads the line, then closes.
+    let send = format!("echo {text} | nc {gateway} {port}");
+    let nc = containerd
+        .command(&["task", "exec", "--exec-id", "nc", id, "sh", "-c", &send])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr task exec");
+    let (conn, from) = accept_within(&listener, Duration::from_secs(60));
+    conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line).expect("the container's line");
+    drop(conn);
+    containerd.assert_ok(&nc.wait_with_output().expect("ctr task exec"));
+    (line, from.ip().to_string())
+}
+
 #[test]
 #[ignore = "needs kvm-host: run with `cargo xtask test`"]
 fn a_cni_namespace_is_the_containers_network_and_is_left_after_delete_and_after_a_vmm_sigkill() {
@@ -52,42 +96,16 @@ fn a_cni_namespace_is_the_containers_network_and_is_left_after_delete_and_after_
         .collect();
     assert!(fds.iter().any(|f| f.ends_with("/dev/net/tun")), "brig-vmm holds the tap: {fds:?}");
 
-    // The host reaches the container at CNI's address (httpd may still be starting).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let page = loop {
-        match http_get(&ns.address) {
-            Ok(answer) => break answer,
-            Err(e) if Instant::now() > deadline => {
-                panic!("no page from {}: {e}; {:?}", ns.address, vmm_control("joined").metrics().expect("metrics"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    };
+    // The host reaches the container at CNI's address.
+    let page = fetch_page(&ns.address, "joined");
     assert!(page.contains("brig-page"), "{page}");
 
     // The container sees CNI's address and MAC, and reaches the bridge's side.
-    let addr = containerd.ctr(&["task", "exec", "--exec-id", "addr", "joined", "ip", "addr", "show", "eth0"]);
-    containerd.assert_ok(&addr);
-    let text = String::from_utf8_lossy(&addr.stdout);
+    let text = eth0_of(&containerd, "joined");
     assert!(text.contains(&format!("inet {}/24", ns.address)), "{text}");
     assert!(text.contains(&ns.mac), "the NIC has CNI's MAC {}: {text}", ns.mac);
-    let listener = std::net::TcpListener::bind((network.gateway.as_str(), 0)).expect("a listener on the bridge");
-    let port = listener.local_addr().expect("port").port();
-    // busybox nc waits for the peer to close: the host reads the line, then closes.
-    let send = format!("echo hello-host | nc {} {port}", network.gateway);
-    let nc = containerd
-        .command(&["task", "exec", "--exec-id", "nc", "joined", "sh", "-c", &send])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr task exec");
-    let (conn, from) = accept_within(&listener, Duration::from_secs(60));
-    conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line).expect("the container's line");
-    drop(conn);
-    containerd.assert_ok(&nc.wait_with_output().expect("ctr task exec"));
-    assert_eq!((line.as_str(), from.ip().to_string()), ("hello-host\n", ns.address.clone()));
+    let (line, from) = line_from_container(&containerd, "joined", &network.gateway, "hello-host");
+    assert_eq!((line.as_str(), from), ("hello-host\n", ns.address.clone()));
     let rx = vmm_control("joined").metrics().expect("metrics").counters;
     assert!(rx.net_rx_packets > 0 && rx.net_tx_packets > 0, "{rx:?}");
 
@@ -127,37 +145,12 @@ fn ctr_run_cni_gives_the_container_the_address_cni_reports_and_leaves_nothing() 
     let filters = run("nsenter", &[&netns, "tc", "filter", "show", "dev", "eth0", "ingress"]);
     assert!(filters.contains("mirred") && filters.contains("tap0_brig"), "eth0 redirects to the tap: {filters}");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let page = loop {
-        match http_get(&address) {
-            Ok(answer) => break answer,
-            Err(e) if Instant::now() > deadline => {
-                panic!("no page from {address}: {e}; {:?}", vmm_control("cnirun").metrics().expect("metrics"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    };
+    let page = fetch_page(&address, "cnirun");
     assert!(page.contains("brig-cni-page"), "{page}");
-    let addr = containerd.ctr(&["task", "exec", "--exec-id", "addr", "cnirun", "ip", "addr", "show", "eth0"]);
-    containerd.assert_ok(&addr);
-    let text = String::from_utf8_lossy(&addr.stdout);
+    let text = eth0_of(&containerd, "cnirun");
     assert!(text.contains(&format!("inet {address}/24")), "the address CNI reported ({address}): {text}");
-    let listener = std::net::TcpListener::bind((network.gateway.as_str(), 0)).expect("a listener on the bridge");
-    let port = listener.local_addr().expect("port").port();
-    let send = format!("echo hello-ctr | nc {} {port}", network.gateway);
-    let nc = containerd
-        .command(&["task", "exec", "--exec-id", "nc", "cnirun", "sh", "-c", &send])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ctr task exec");
-    let (conn, from) = accept_within(&listener, Duration::from_secs(60));
-    conn.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line).expect("the container's line");
-    drop(conn);
-    containerd.assert_ok(&nc.wait_with_output().expect("ctr task exec"));
-    assert_eq!((line.as_str(), from.ip().to_string()), ("hello-ctr\n", address.clone()));
+    let (line, from) = line_from_container(&containerd, "cnirun", &network.gateway, "hello-ctr");
+    assert_eq!((line.as_str(), from), ("hello-ctr\n", address.clone()));
 
     containerd.assert_ok(&containerd.ctr(&["task", "kill", "-s", "SIGKILL", "cnirun"]));
     let out = ctr.wait_with_output().expect("ctr run");
