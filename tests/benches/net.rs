@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use brig_tests::cni::{accept_within, vmm_control, CniNetwork};
 use brig_tests::containerd::{Containerd, IMAGE, RUNTIME};
 use brig_tests::ms;
+use brig_vmm_api::metrics::Counters;
 
 const ROUNDS: usize = 3;
 const REQUESTS: usize = 50;
@@ -83,8 +84,10 @@ fn download(containerd: &Containerd, id: &str, gateway: &str, bytes: usize, roun
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) => panic!(
-                "download stalled after {got} of {bytes} bytes: {e}; {}\nthe shim's warnings:\n{}",
+                "download stalled after {got} of {bytes} bytes: {e}; {}\n{}\nthe guest's interrupts:\n{}\nthe shim's warnings:\n{}",
                 vm_counters(id),
+                vm_net_state(id),
+                guest_interrupts(containerd, id),
                 warnings(containerd)
             ),
         }
@@ -113,6 +116,77 @@ fn vm_counters(id: &str) -> String {
     }
 }
 
+/// What brig-vmm did over one direction's rounds: frames each way and their mean
+/// size, the guest's notifications and MMIO exits, the interrupts it was sent.
+fn per_frame(before: &Option<Counters>, after: &Option<Counters>) -> String {
+    let (Some(b), Some(a)) = (before, after) else { return String::new() };
+    let mean = |bytes: u64, frames: u64| bytes.checked_div(frames).unwrap_or(0);
+    format!(
+        " (brig-vmm: rx {} frames of {} B, tx {} frames of {} B, {} notifications, {} MMIO exits, {} interrupts)",
+        a.net_rx_packets - b.net_rx_packets,
+        mean(a.net_rx_bytes - b.net_rx_bytes, a.net_rx_packets - b.net_rx_packets),
+        a.net_tx_packets - b.net_tx_packets,
+        mean(a.net_tx_bytes - b.net_tx_bytes, a.net_tx_packets - b.net_tx_packets),
+        a.virtio_notifications - b.virtio_notifications,
+        a.vcpu_exits_mmio - b.vcpu_exits_mmio,
+        a.virtio_interrupts - b.virtio_interrupts,
+    )
+}
+
+/// brig-vmm's net transport as a saved state shows it (interrupt status, each
+/// queue's next avail and used index, whether the tap is watched and a frame
+/// waits), for a stalled transfer's message.
+fn vm_net_state(id: &str) -> String {
+    if !id.ends_with("brig") {
+        return String::new();
+    }
+    // The jailed brig-vmm sees none of the host's paths: the file goes with the request.
+    let path = std::env::temp_dir().join(format!("{id}-stalled.state"));
+    let saved = std::fs::File::create(&path).map_err(|e| e.to_string()).and_then(|file| {
+        let mut control = vmm_control(id);
+        let saved = control.pause().and_then(|_| control.save_state_to(&file));
+        let _ = control.resume();
+        saved.map_err(|e| e.to_string())
+    });
+    let bytes = std::fs::read(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    if let Err(e) = saved {
+        return format!("brig-vmm's state: {e}");
+    }
+    let Some(start) = bytes.iter().position(|&b| b == b'{') else { return "brig-vmm's state: no JSON".into() };
+    let mut values = serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<serde_json::Value>();
+    let Some(Ok(state)) = values.next() else { return "brig-vmm's state does not decode".into() };
+    let mut nets = Vec::new();
+    find_net_transports(&state, &mut nets);
+    format!("brig-vmm's net device: {}", nets.join("; "))
+}
+
+/// Every object in `value` with `"device_type": 1` (virtio-net).
+fn find_net_transports(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("device_type").and_then(serde_json::Value::as_u64) == Some(1) {
+                found.push(value.to_string());
+            }
+            map.values().for_each(|v| find_net_transports(v, found));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| find_net_transports(v, found)),
+        _ => {}
+    }
+}
+
+/// The guest kernel's virtio interrupt counts, twice a second apart.
+fn guest_interrupts(containerd: &Containerd, id: &str) -> String {
+    let read = |n: usize| {
+        let exec_id = format!("irq-{n}");
+        let out = containerd.ctr(&["task", "exec", "--exec-id", &exec_id, id, "cat", "/proc/interrupts"]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("virtio")).collect::<Vec<_>>().join("\n")
+    };
+    let first = read(0);
+    std::thread::sleep(Duration::from_secs(1));
+    format!("{first}\n-- a second later --\n{}", read(1))
+}
+
 /// The shim's (and containerd's) warnings and errors, for a failure's message.
 fn warnings(containerd: &Containerd) -> String {
     let log = containerd.log_for_failure();
@@ -127,7 +201,13 @@ fn request(address: &str) -> Duration {
     stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).expect("answer");
-    assert!(answer.starts_with(b"HTTP/1.0 200"), "{}", String::from_utf8_lossy(&answer));
+    // busybox httpd answers HTTP/1.1 to a 1.0 request.
+    let status = answer.split(|&b| b == b'\n').next().unwrap_or_default();
+    assert!(
+        status.starts_with(b"HTTP/1.") && status.windows(5).any(|w| w == b" 200 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     start.elapsed()
 }
 
@@ -143,10 +223,13 @@ fn measure(containerd: &Containerd, network: &CniNetwork, label: &'static str, r
     let bytes = mib() << 20;
     drop(connect(&ns.address, 80));
     let best = |samples: Vec<Duration>| samples.into_iter().min().expect("samples");
+    let counters = || (label == "brig").then(|| vmm_control(&id).metrics().expect("brig-vmm's metrics").counters);
+    let before = counters();
     let up = best((0..ROUNDS).map(|_| upload(&ns.address, bytes)).collect());
-    eprintln!("net: {label}: host → container {:.1} MB/s", mb_per_s(bytes, up));
+    eprintln!("net: {label}: host → container {:.1} MB/s{}", mb_per_s(bytes, up), per_frame(&before, &counters()));
+    let before = counters();
     let down = best((0..ROUNDS).map(|r| download(containerd, &id, &network.gateway, bytes, r)).collect());
-    eprintln!("net: {label}: container → host {:.1} MB/s", mb_per_s(bytes, down));
+    eprintln!("net: {label}: container → host {:.1} MB/s{}", mb_per_s(bytes, down), per_frame(&before, &counters()));
     let mut requests: Vec<Duration> = (0..REQUESTS).map(|_| request(&ns.address)).collect();
     requests.sort();
     containerd.kill_and_delete(&id);
