@@ -9,10 +9,15 @@
 //! `[kind, register, value: u32 LE]`: kind 0 writes the register at `register * 4`
 //! (config space from 0x100 on) and lets the device handle its events, kind 1 reads
 //! it, kind 2 stores `value` at guest address `register * 256` (the guest changing
-//! its rings while the device works).
+//! its rings while the device works), kind 3 has a frame of `value % 2048` bytes
+//! arrive from the network (virtio-net only: through the tap, which each input
+//! finds empty).
 
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use brig_vmm_api::config::{MacAddr, NetConfig};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -20,6 +25,7 @@ use crate::config::{BlockConfig, VsockConfig};
 use crate::devices::bus::{lock, BusDevice};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{wire_ends, Net};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
@@ -32,26 +38,29 @@ const MAX_IMAGE: usize = 64 << 10;
 /// Operations played per input.
 const MAX_OPS: usize = 4096;
 
-/// The device behind the transport: the input's first byte, modulo 3.
+/// The device behind the transport: the input's first byte, modulo 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
     Block,
     Rng,
     Vsock,
+    Net,
 }
 
 impl Device {
     fn from_byte(b: u8) -> Device {
-        match b % 3 {
+        match b % 4 {
             0 => Device::Block,
             1 => Device::Rng,
-            _ => Device::Vsock,
+            2 => Device::Vsock,
+            _ => Device::Net,
         }
     }
 
     fn queues(self) -> u32 {
         match self {
             Device::Vsock => 3,
+            Device::Net => 2,
             Device::Block | Device::Rng => 1,
         }
     }
@@ -72,7 +81,56 @@ impl Device {
                 let _ = std::fs::remove_file(&uds_path);
                 Some(Box::new(Vsock::new(&VsockConfig { guest_cid: 3, uds_path }).ok()?))
             }
+            Device::Net => {
+                let wire = wire()?;
+                wire.drain();
+                let tap = wire.tap.try_clone().ok()?;
+                let config = NetConfig { tap_fd: tap.into_raw_fd(), mac: MacAddr([2, 0, 0, 0, 0, 1]), mtu: 1500 };
+                Some(Box::new(Net::new(&config).ok()?))
+            }
         }
+    }
+}
+
+/// The fuzzed NIC's wire: one tap for the whole run, in a network namespace of its
+/// own (made once, from a thread, so the fuzzer's own thread stays where it was),
+/// and a packet socket that puts frames on it. None without root or /dev/net/tun.
+struct Wire {
+    tap: OwnedFd,
+    packet: OwnedFd,
+}
+
+fn wire() -> Option<&'static Wire> {
+    static WIRE: OnceLock<Option<Wire>> = OnceLock::new();
+    WIRE.get_or_init(|| {
+        let made = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+            // The packet socket holds the namespace, and with it the tap, once this thread ends.
+            wire_ends("fuzz0", flags, 0).ok()
+        });
+        let (tap, packet) = made.join().ok()??;
+        nix::fcntl::fcntl(&tap, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).ok()?;
+        Some(Wire { tap, packet })
+    })
+    .as_ref()
+}
+
+impl Wire {
+    /// Reads away what an earlier input left in the tap, so inputs do not leak into
+    /// one another.
+    fn drain(&self) {
+        let mut buf = [0u8; 2048];
+        // SAFETY: reads into a live, writable buffer.
+        while unsafe { libc::read(self.tap.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } >= 0 {}
+    }
+
+    /// A frame of `len` bytes (at least an Ethernet header) towards the device.
+    fn send(&self, len: usize) {
+        let mut frame = vec![0x5a; len.max(14)];
+        frame[..6].copy_from_slice(&[0xff; 6]);
+        // SAFETY: sends a live slice.
+        unsafe { libc::send(self.packet.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
     }
 }
 
@@ -90,6 +148,7 @@ pub fn virtio_mmio(data: &[u8]) {
 }
 
 struct FuzzVm {
+    device: Device,
     mem: GuestMemoryMmap,
     events: DeviceEvents,
     transport: Arc<Mutex<MmioTransport>>,
@@ -100,14 +159,14 @@ impl FuzzVm {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY)]).ok()?;
         mem.write_slice(image, GuestAddress(0)).ok()?;
         let mut events = DeviceEvents::new().ok()?;
-        let device = device.build()?;
-        let transport = events.register_with(|ops| MmioTransport::new(device, mem.clone(), ops)).ok()?;
-        Some(FuzzVm { mem, events, transport })
+        let built = device.build()?;
+        let transport = events.register_with(|ops| MmioTransport::new(built, mem.clone(), ops)).ok()?;
+        Some(FuzzVm { device, mem, events, transport })
     }
 
     fn play(&mut self, kind: u8, register: u8, value: u32) {
         let offset = u64::from(register) * 4;
-        match kind % 3 {
+        match kind % 4 {
             0 => {
                 lock(&self.transport).write(offset, &value.to_le_bytes());
                 // What the event loop does next: serve whatever the write made ready.
@@ -117,8 +176,14 @@ impl FuzzVm {
                 let mut data = [0u8; 4];
                 lock(&self.transport).read(offset, &mut data);
             }
-            _ => {
+            2 => {
                 let _ = self.mem.write_obj(value, GuestAddress(u64::from(register) * 256));
+            }
+            _ => {
+                if let (Device::Net, Some(wire)) = (self.device, wire()) {
+                    wire.send(value as usize % 2048);
+                    let _ = self.events.dispatch();
+                }
             }
         }
     }
@@ -138,6 +203,7 @@ pub mod seed {
     };
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
+    use crate::devices::virtio::net::VNET_HDR_LEN;
     use crate::devices::virtio::vsock::packet::{Header, OP_REQUEST, TYPE_STREAM};
 
     pub use crate::devices::virtio::vsock::packet::HDR_LEN as PACKET_HDR_LEN;
@@ -249,6 +315,22 @@ pub mod seed {
                 image.avail(1, &[0]);
                 1
             }
+            Device::Net => {
+                // Two receive buffers, and one broadcast frame to send behind an
+                // all-zero virtio header (no offloads).
+                image.desc(0, 0, BUFFERS, 2048, VRING_DESC_F_WRITE, 0);
+                image.desc(0, 1, BUFFERS + 0x1000, 2048, VRING_DESC_F_WRITE, 0);
+                image.avail(0, &[0, 1]);
+                let mut frame = vec![0u8; VNET_HDR_LEN];
+                frame.extend([0xff; 6]);
+                frame.extend([2, 0, 0, 0, 0, 1]);
+                frame.extend(0x88b5u16.to_be_bytes());
+                frame.resize(VNET_HDR_LEN + 60, 0x5a);
+                image.put(BUFFERS + 0x2000, &frame);
+                image.desc(1, 0, BUFFERS + 0x2000, frame.len() as u32, 0, 0);
+                image.avail(1, &[0]);
+                1
+            }
         };
         let mut ops = Vec::new();
         let status = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
@@ -268,6 +350,11 @@ pub mod seed {
         let ready = status | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK;
         op(&mut ops, VIRTIO_MMIO_STATUS, ready);
         op(&mut ops, VIRTIO_MMIO_QUEUE_NOTIFY, notify);
+        if device == Device::Net {
+            // A 60-byte frame arrives from the network.
+            ops.extend([3, 0]);
+            ops.extend(60u32.to_le_bytes());
+        }
 
         let mut input = vec![device as u8];
         input.extend_from_slice(&(IMAGE as u16).to_le_bytes());
@@ -308,6 +395,7 @@ pub fn seed_files() -> Vec<(String, Vec<u8>)> {
         ("virtio_mmio/block".to_owned(), seed::virtio_mmio(Device::Block)),
         ("virtio_mmio/rng".to_owned(), seed::virtio_mmio(Device::Rng)),
         ("virtio_mmio/vsock".to_owned(), seed::virtio_mmio(Device::Vsock)),
+        ("virtio_mmio/net".to_owned(), seed::virtio_mmio(Device::Net)),
     ];
     let packet = |op: u16, len: u32, payload: &[u8]| {
         let hdr = crate::devices::virtio::vsock::packet::Header {
@@ -387,7 +475,7 @@ mod tests {
 
     #[test]
     fn the_seeds_set_devices_up_and_get_requests_served() {
-        for device in [Device::Block, Device::Rng, Device::Vsock] {
+        for device in [Device::Block, Device::Rng, Device::Vsock, Device::Net] {
             let input = seed::virtio_mmio(device);
             let (len, image) = input[1..].split_at(2);
             let image = &image[..usize::from(u16::from_le_bytes([len[0], len[1]]))];
@@ -398,9 +486,14 @@ mod tests {
             }
             assert!(lock(&vm.transport).snapshot().activated, "{device:?} is activated by its seed");
             // Queue 0's used ring (at 0x200): the device answered at least one request,
-            // except vsock, whose answer (a reset) lands in rx: also queue 0.
+            // except vsock, whose answer (a reset) lands in rx: also queue 0; and
+            // virtio-net, whose receive queue took the frame from the network.
             let used: u16 = vm.mem.read_obj(GuestAddress(0x202)).expect("used.idx");
             assert!(used >= 1, "{device:?} served its request (used.idx {used})");
+            if device == Device::Net {
+                let sent: u16 = vm.mem.read_obj(GuestAddress(0x1202)).expect("tx used.idx");
+                assert_eq!(sent, 1, "virtio-net sent its frame");
+            }
         }
         assert!(METRICS.virtio_notifications.get() > 0);
     }

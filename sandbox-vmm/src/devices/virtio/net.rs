@@ -433,6 +433,57 @@ impl VirtioDevice for Net {
     }
 }
 
+/// The two ends of a test wire, made in the calling thread's network namespace: a
+/// tap `name` with `flags`, up and without ARP, and a packet socket bound to it that
+/// sees frames of `ethertype` (none for 0). Writing to the socket puts a frame where
+/// the tap's reader (the device) gets it. For unit tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn wire_ends(name: &str, flags: libc::c_int, ethertype: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+
+    fn check(ret: libc::c_int) -> std::io::Result<libc::c_int> {
+        if ret < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ret)
+    }
+    let ifreq = || {
+        // SAFETY: all-zero is a valid ifreq.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        ifr
+    };
+    // SAFETY: plain system calls on this thread's namespace and on descriptors and
+    // structures of this function's own; every descriptor is owned as soon as it exists.
+    unsafe {
+        let tap = OwnedFd::from_raw_fd(check(libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC))?);
+        let mut ifr = ifreq();
+        ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
+        check(libc::ioctl(tap.as_raw_fd(), libc::TUNSETIFF, &ifr))?;
+        let sock = OwnedFd::from_raw_fd(check(libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))?);
+        let mut ifr = ifreq();
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_NOARP) as libc::c_short;
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr))?;
+        let mut ifr = ifreq();
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut ifr))?;
+        let proto = ethertype.to_be();
+        let packet = OwnedFd::from_raw_fd(check(libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::c_int::from(proto),
+        ))?);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = ifr.ifr_ifru.ifru_ifindex;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        check(libc::bind(packet.as_raw_fd(), (&raw const addr).cast(), len))?;
+        Ok((tap, packet))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::FromRawFd;
@@ -470,20 +521,6 @@ mod tests {
         }
     }
 
-    fn check(what: &str, ret: libc::c_int) -> libc::c_int {
-        assert!(ret >= 0, "{what}: {} (the net tests need root and /dev/net/tun)", std::io::Error::last_os_error());
-        ret
-    }
-
-    fn ifreq(name: &str) -> libc::ifreq {
-        // SAFETY: all-zero is a valid ifreq.
-        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        ifr
-    }
-
     fn wire(flags: libc::c_int) -> Wire {
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -494,36 +531,9 @@ mod tests {
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).expect("the test's namespace");
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the test's namespace");
-            // SAFETY: plain system calls on this thread's own namespace, descriptors and
-            // structures; every result is checked.
-            unsafe {
-                std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").ok();
-                let tun =
-                    check("open /dev/net/tun", libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC));
-                let mut ifr = ifreq("brig0");
-                ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
-                check("TUNSETIFF", libc::ioctl(tun, libc::TUNSETIFF, &ifr));
-                let sock = check("socket", libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0));
-                let mut ifr = ifreq("brig0");
-                ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_NOARP) as libc::c_short;
-                check("SIOCSIFFLAGS", libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr));
-                let mut ifr = ifreq("brig0");
-                check("SIOCGIFINDEX", libc::ioctl(sock, libc::SIOCGIFINDEX, &mut ifr));
-                let ifindex = ifr.ifr_ifru.ifru_ifindex;
-                libc::close(sock);
-                let proto = ETHERTYPE.to_be();
-                let packet = check(
-                    "socket(AF_PACKET)",
-                    libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::c_int::from(proto)),
-                );
-                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_protocol = proto;
-                addr.sll_ifindex = ifindex;
-                let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                check("bind(AF_PACKET)", libc::bind(packet, (&raw const addr).cast(), len));
-                (OwnedFd::from_raw_fd(tun), OwnedFd::from_raw_fd(packet))
-            }
+            std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").ok();
+            wire_ends("brig0", flags, ETHERTYPE)
+                .unwrap_or_else(|e| panic!("a tap and a packet socket: {e} (the net tests need root and /dev/net/tun)"))
         })
         .join()
         .map(|(tap, packet)| Wire { tap: Some(tap), packet, netns })
