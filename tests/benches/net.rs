@@ -12,7 +12,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use brig_tests::cni::{accept_within, vmm_control, CniNetwork};
+use brig_tests::cni::{accept_within, task_dir, try_vmm_control, vmm_control, CniNetwork};
 use brig_tests::containerd::{Containerd, IMAGE, RUNTIME};
 use brig_tests::ms;
 use brig_vmm_api::metrics::Counters;
@@ -84,10 +84,11 @@ fn download(containerd: &Containerd, id: &str, gateway: &str, bytes: usize, roun
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) => panic!(
-                "download stalled after {got} of {bytes} bytes: {e}; {}\n{}\nthe guest's interrupts:\n{}\nthe shim's warnings:\n{}",
+                "download stalled after {got} of {bytes} bytes: {e}; {}\n{}\nthe guest's interrupts:\n{}\nthe end of vmm.log:\n{}\nthe shim's warnings:\n{}",
                 vm_counters(id),
                 vm_net_state(id),
                 guest_interrupts(containerd, id),
+                vmm_log_tail(id),
                 warnings(containerd)
             ),
         }
@@ -103,7 +104,7 @@ fn vm_counters(id: &str) -> String {
     if !id.ends_with("brig") {
         return String::new();
     }
-    match vmm_control(id).metrics() {
+    match try_vmm_control(id).and_then(|mut c| c.metrics().map_err(|e| e.to_string())) {
         Ok(m) => format!(
             "brig-vmm: rx {} packets ({} dropped), tx {} packets ({} dropped), bad requests {}",
             m.counters.net_rx_packets,
@@ -143,7 +144,7 @@ fn vm_net_state(id: &str) -> String {
     // The jailed brig-vmm sees none of the host's paths: the file goes with the request.
     let path = std::env::temp_dir().join(format!("{id}-stalled.state"));
     let saved = std::fs::File::create(&path).map_err(|e| e.to_string()).and_then(|file| {
-        let mut control = vmm_control(id);
+        let mut control = try_vmm_control(id)?;
         let saved = control.pause().and_then(|_| control.save_state_to(&file));
         let _ = control.resume();
         saved.map_err(|e| e.to_string())
@@ -187,6 +188,17 @@ fn guest_interrupts(containerd: &Containerd, id: &str) -> String {
     format!("{first}\n-- a second later --\n{}", read(1))
 }
 
+/// The last lines brig-vmm and brig-jailer wrote (the task directory's `vmm.log`).
+fn vmm_log_tail(id: &str) -> String {
+    if !id.ends_with("brig") {
+        return String::new();
+    }
+    match task_dir(id).and_then(|d| std::fs::read_to_string(d.join("vmm.log")).map_err(|e| e.to_string())) {
+        Ok(log) => log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+        Err(e) => format!("vmm.log: {e}"),
+    }
+}
+
 /// The shim's (and containerd's) warnings and errors, for a failure's message.
 fn warnings(containerd: &Containerd) -> String {
     let log = containerd.log_for_failure();
@@ -202,9 +214,8 @@ fn request(address: &str) -> Duration {
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).expect("answer");
     // busybox httpd answers HTTP/1.1 to a 1.0 request.
-    let status = answer.split(|&b| b == b'\n').next().unwrap_or_default();
     assert!(
-        status.starts_with(b"HTTP/1.") && status.windows(5).any(|w| w == b" 200 "),
+        answer.starts_with(b"HTTP/1.0 200 ") || answer.starts_with(b"HTTP/1.1 200 "),
         "{}",
         String::from_utf8_lossy(&answer)
     );

@@ -249,12 +249,21 @@ pub fn accept_within(listener: &std::net::TcpListener, limit: Duration) -> (std:
 
 /// The control socket of task `id`'s brig-vmm (in its jail's state directory).
 pub fn vmm_control(id: &str) -> Client {
-    let dirs = std::fs::read_dir("/run/brig").expect("/run/brig");
-    let dir = dirs
-        .filter_map(|e| e.ok().map(|e| e.path()))
+    try_vmm_control(id).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`vmm_control`], for a failure's report: brig-vmm may be gone by then.
+pub fn try_vmm_control(id: &str) -> Result<Client, String> {
+    Client::connect(&task_dir(id)?.join("jail/state/api.sock"), Duration::from_secs(30))
+        .map_err(|e| format!("brig-vmm's control socket: {e:?}"))
+}
+
+/// The shim's task directory of container `id` (namespace `default`).
+pub fn task_dir(id: &str) -> Result<std::path::PathBuf, String> {
+    let dirs = std::fs::read_dir("/run/brig").map_err(|e| format!("/run/brig: {e}"))?;
+    dirs.filter_map(|e| e.ok().map(|e| e.path()))
         .find(|d| {
             std::fs::read_to_string(d.join("task")).is_ok_and(|t| t.lines().next() == Some(&format!("default/{id}")))
         })
-        .unwrap_or_else(|| panic!("no task directory for {id} in /run/brig"));
-    Client::connect(&dir.join("jail/state/api.sock"), Duration::from_secs(30)).expect("brig-vmm's control socket")
+        .ok_or_else(|| format!("no task directory for {id} in /run/brig"))
 }
